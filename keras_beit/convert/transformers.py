@@ -1,0 +1,237 @@
+"""Hugging Face transformers BEiT checkpoints (model_type "beit" and "data2vec-vision").
+
+Maps the keys that `save_pretrained` writes (the hub's legacy 4.x names, e.g.
+`beit.encoder.layer.0.attention.attention.query.weight`) onto keras_beit
+variables. Only file keys are used, never a live transformers model.
+"""
+
+import os
+
+from keras_hub.src.utils.preset_utils import PresetLoader
+from keras_hub.src.utils.preset_utils import check_file_exists
+from keras_hub.src.utils.preset_utils import get_file
+from keras_hub.src.utils.preset_utils import load_json
+
+from keras_beit.convert.checkpoint_io import read_state_dict
+from keras_beit.convert.weights import assign
+from keras_beit.convert.weights import conv
+from keras_beit.convert.weights import linear
+from keras_beit.models.backbone import BEiTBackbone
+from keras_beit.models.image_classifier import BEiTImageClassifier
+from keras_beit.models.masked_image_modeler import BEiTMaskedImageModeler
+from keras_beit.models.preset_loading import register_preset_loader
+
+MODEL_TYPES = ("beit", "data2vec-vision")
+# Buffers that the model recomputes; old checkpoints store them.
+SKIPPED_KEYS = (r"relative_position_index$", r"num_batches_tracked$")
+_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def convert_backbone_config(config):
+    """BEiTBackbone arguments from a transformers BeitConfig dict."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"Only the exact GELU is supported; the config has {config['hidden_act']!r}.")
+    height, width = _pair(config.get("image_size", 224))
+    patch_size = config.get("patch_size", 16)
+    if isinstance(patch_size, (list, tuple)):
+        patch_size = patch_size[0]
+    return {
+        "image_shape": (height, width, config.get("num_channels", 3)),
+        "patch_size": patch_size,
+        "hidden_dim": config.get("hidden_size", 768),
+        "num_layers": config.get("num_hidden_layers", 12),
+        "num_heads": config.get("num_attention_heads", 12),
+        "intermediate_dim": config.get("intermediate_size", 3072),
+        "use_absolute_position_embeddings": config.get("use_absolute_position_embeddings", False),
+        "use_relative_position_bias": config.get("use_relative_position_bias", False),
+        "use_shared_relative_position_bias": config.get("use_shared_relative_position_bias", False),
+        "use_mask_token": config.get("use_mask_token", False),
+        "layer_scale_init_value": config.get("layer_scale_init_value", 0.1),
+        "drop_path_rate": config.get("drop_path_rate", 0.1),
+        "dropout_rate": config.get("hidden_dropout_prob", 0.0),
+        "attention_dropout_rate": config.get("attention_probs_dropout_prob", 0.0),
+        "layer_norm_epsilon": config.get("layer_norm_eps", 1e-12),
+        "use_mean_pooling": config.get("use_mean_pooling", True),
+        "window_size": (height // patch_size, width // patch_size),
+    }
+
+
+def _dense(layer, key, bias=True):
+    yield layer.kernel, f"{key}.weight", linear
+    if bias:
+        yield layer.bias, f"{key}.bias", None
+
+
+def _norm(layer, key):
+    yield layer.gamma, f"{key}.weight", None
+    yield layer.beta, f"{key}.bias", None
+
+
+def backbone_weights(backbone, prefix):
+    """(variable, key, transform) for every backbone variable."""
+    embedding = backbone.patch_embedding
+    yield embedding.cls_token, f"{prefix}embeddings.cls_token", None
+    if backbone.use_mask_token:
+        yield embedding.mask_token, f"{prefix}embeddings.mask_token", None
+    if backbone.use_absolute_position_embeddings:
+        yield embedding.position_embeddings, f"{prefix}embeddings.position_embeddings", None
+    projection = f"{prefix}embeddings.patch_embeddings.projection"
+    yield embedding.projection.kernel, f"{projection}.weight", conv
+    yield embedding.projection.bias, f"{projection}.bias", None
+    if backbone.shared_relative_position_bias is not None:
+        yield (
+            backbone.shared_relative_position_bias.relative_position_bias_table,
+            f"{prefix}encoder.relative_position_bias.relative_position_bias_table",
+            None,
+        )
+    for i, block in enumerate(backbone.blocks):
+        layer = f"{prefix}encoder.layer.{i}"
+        attention = f"{layer}.attention.attention"
+        yield from _norm(block.norm_before, f"{layer}.layernorm_before")
+        yield from _dense(block.attention.query, f"{attention}.query")
+        yield from _dense(block.attention.key, f"{attention}.key", bias=False)
+        yield from _dense(block.attention.value, f"{attention}.value")
+        yield from _dense(block.attention.output_dense, f"{layer}.attention.output.dense")
+        if backbone.relative_position_biases:
+            yield (
+                backbone.relative_position_biases[i].relative_position_bias_table,
+                f"{attention}.relative_position_bias.relative_position_bias_table",
+                None,
+            )
+        if block.layer_scale_init_value > 0:
+            yield block.lambda_1, f"{layer}.lambda_1", None
+            yield block.lambda_2, f"{layer}.lambda_2", None
+        yield from _norm(block.norm_after, f"{layer}.layernorm_after")
+        yield from _dense(block.fc1, f"{layer}.intermediate.dense")
+        yield from _dense(block.fc2, f"{layer}.output.dense")
+    if backbone.final_norm is not None:
+        yield from _norm(backbone.final_norm, f"{prefix}layernorm")
+
+
+def head_weights(task, prefix):
+    """(variable, key, transform) for the task's own variables."""
+    if isinstance(task, BEiTImageClassifier):
+        if task.pooler.norm is not None:
+            yield from _norm(task.pooler.norm, f"{prefix}pooler.layernorm")
+        yield from _dense(task.output_dense, "classifier")
+    elif isinstance(task, BEiTMaskedImageModeler):
+        yield from _norm(task.norm, "layernorm")
+        yield from _dense(task.lm_head, "lm_head")
+    else:
+        raise ValueError(f"No transformers head mapping for {type(task).__name__}.")
+
+
+def key_prefix(state):
+    """The base-model prefix of a checkpoint: "beit.", "data2vec_vision." or ""."""
+    for prefix in ("beit.", "data2vec_vision."):
+        if any(key.startswith(prefix) for key in state):
+            return prefix
+    return ""
+
+
+_HEAD_FOR_ARCHITECTURE = {
+    "ForImageClassification": BEiTImageClassifier,
+    "ForMaskedImageModeling": BEiTMaskedImageModeler,
+}
+
+
+class TransformersLoader(PresetLoader):
+    """Builds keras_beit models from a transformers BEiT model directory."""
+
+    def __init__(self, preset, config):
+        super().__init__(preset, config)
+        self._state = None
+
+    @property
+    def state(self):
+        if self._state is None:
+            directory = self.preset
+            if not os.path.isdir(directory):
+                # Remote handles: fetch the weights file next to config.json.
+                directory = os.path.dirname(get_file(self.preset, "config.json"))
+            self._state = read_state_dict(directory)
+        return self._state
+
+    @property
+    def architecture(self):
+        return (self.config.get("architectures") or [""])[0]
+
+    def check_backbone_class(self):
+        return BEiTBackbone
+
+    def load_backbone(self, cls, load_weights, **kwargs):
+        backbone = cls(**{**convert_backbone_config(self.config), **kwargs})
+        if load_weights:
+            prefix = key_prefix(self.state)
+            # Keys outside the base model (heads, the pooler) are not ours to load here.
+            outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head)\."
+            assign(
+                backbone_weights(backbone, prefix),
+                self.state,
+                skip=SKIPPED_KEYS,
+                allow_unused=rf"{outside}|^{prefix}pooler\.",
+            )
+        return backbone
+
+    def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        checkpoint_task = next(
+            (task for suffix, task in _HEAD_FOR_ARCHITECTURE.items() if self.architecture.endswith(suffix)),
+            None,
+        )
+        has_head = checkpoint_task is not None and issubclass(cls, checkpoint_task)
+        if has_head and load_task_weights:
+            if issubclass(cls, BEiTImageClassifier):
+                kwargs.setdefault("num_classes", self.config.get("num_labels") or len(self.config["id2label"]))
+            if issubclass(cls, BEiTMaskedImageModeler):
+                kwargs.setdefault("vocabulary_size", self.config.get("vocab_size", 8192))
+        elif issubclass(cls, BEiTImageClassifier) and "num_classes" not in kwargs:
+            raise ValueError(
+                f"{self.preset} is a {self.architecture or 'base model'} checkpoint "
+                "with no classification head; pass num_classes to add a new head."
+            )
+        task = super().load_task(cls, False, False, **kwargs)
+        if load_weights:
+            prefix = key_prefix(self.state)
+            pairs = list(backbone_weights(task.backbone, prefix))
+            if has_head and load_task_weights:
+                pairs += list(head_weights(task, prefix))
+                assign(pairs, self.state, skip=SKIPPED_KEYS)
+            else:
+                outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head|layernorm)\."
+                assign(pairs, self.state, skip=SKIPPED_KEYS, allow_unused=rf"{outside}|^{prefix}pooler\.")
+        return task
+
+    def load_image_converter(self, cls, **kwargs):
+        if not check_file_exists(self.preset, "preprocessor_config.json"):
+            return cls(**kwargs)
+        return cls(**{**image_converter_config(load_json(self.preset, "preprocessor_config.json")), **kwargs})
+
+
+def image_converter_config(processor):
+    """BEiTImageConverter arguments from a BeitImageProcessor config dict."""
+    size = processor.get("size", 224)
+    if isinstance(size, dict):
+        size = (size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge")))
+    else:
+        size = _pair(size)
+    return {
+        "image_size": size if processor.get("do_resize", True) else None,
+        "mean": tuple(processor.get("image_mean", (0.5, 0.5, 0.5))) if processor.get("do_normalize", True) else (0.0, 0.0, 0.0),
+        "std": tuple(processor.get("image_std", (0.5, 0.5, 0.5))) if processor.get("do_normalize", True) else (1.0, 1.0, 1.0),
+        "interpolation": _PIL_RESAMPLE.get(processor.get("resample", 3), "bicubic"),
+    }
+
+
+@register_preset_loader
+def transformers_loader(preset):
+    """A TransformersLoader for a directory whose config.json is a BEiT config."""
+    if not (isinstance(preset, str) and os.path.isfile(os.path.join(preset, "config.json"))):
+        return None
+    config = load_json(preset, "config.json")
+    if config.get("model_type") in MODEL_TYPES:
+        return TransformersLoader(preset, config)
+    return None

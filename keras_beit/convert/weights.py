@@ -1,0 +1,65 @@
+"""Assigning checkpoint tensors to Keras variables, with strict key checking."""
+
+import re
+
+import numpy as np
+
+
+def linear(x):
+    """PyTorch Linear (out, in) to Keras Dense (in, out)."""
+    return x.T
+
+
+def conv(x):
+    """PyTorch Conv2d (out, in, kh, kw) to Keras Conv2D (kh, kw, in, out)."""
+    return np.transpose(x, (2, 3, 1, 0))
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not fit the model built from it."""
+
+
+def assign(pairs, state, skip=(), allow_unused=None):
+    """Copies `state[key]` (transformed) into each `(variable, key, transform)`.
+
+    Every key in `state` must be used, match a `skip` pattern, or match
+    `allow_unused` (keys that belong to parts of the checkpoint the caller
+    chose not to load, such as another task's head). Missing, unexpected and
+    mis-shaped keys are collected and reported together, and nothing is
+    assigned unless everything fits.
+    """
+    missing, misshaped, values = [], [], []
+    used = set()
+    for variable, key, transform in pairs:
+        if key not in state:
+            missing.append(key)
+            continue
+        used.add(key)
+        value = np.asarray(state[key])
+        if transform is not None:
+            value = transform(value)
+        if tuple(value.shape) != tuple(variable.shape):
+            misshaped.append(
+                f"{key}: checkpoint {tuple(state[key].shape)}, model expects "
+                f"{tuple(variable.shape)} (after conversion)"
+            )
+            continue
+        values.append((variable, value))
+    ignored = [re.compile(p) for p in skip] + ([re.compile(allow_unused)] if allow_unused else [])
+    unexpected = sorted(
+        k for k in state if k not in used and not any(p.search(k) for p in ignored)
+    )
+    if missing or unexpected or misshaped:
+        lines = ["The checkpoint does not fit the model."]
+        for title, keys in (
+            ("Missing keys", missing),
+            ("Unexpected keys", unexpected),
+            ("Mis-shaped keys", misshaped),
+        ):
+            if keys:
+                lines.append(f"{title} ({len(keys)}): " + ", ".join(keys[:20]))
+                if len(keys) > 20:
+                    lines[-1] += f", ... ({len(keys) - 20} more)"
+        raise CheckpointMismatchError("\n".join(lines))
+    for variable, value in values:
+        variable.assign(value.astype(variable.dtype))

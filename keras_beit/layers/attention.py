@@ -1,0 +1,90 @@
+"""Multi-head self-attention with an additive relative position bias."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTAttention(keras.layers.Layer):
+    """BEiT self-attention: softmax(q k^T / sqrt(d) + bias) v.
+
+    The query and value projections have a bias; the key projection has
+    none (the original stores a zero key bias). The fused
+    `keras.ops.dot_product_attention` runs unless attention maps are
+    requested or attention dropout is active, in which case the explicit
+    path computes the same arithmetic.
+
+    Args:
+        hidden_dim: model width D.
+        num_heads: attention heads; D must divide evenly.
+        dropout_rate: dropout on the attention probabilities.
+    """
+
+    def __init__(self, hidden_dim, num_heads, dropout_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.dropout_rate = dropout_rate
+        dense = dict(dtype=self.dtype_policy)
+        self.query = keras.layers.Dense(hidden_dim, name="query", **dense)
+        self.key = keras.layers.Dense(hidden_dim, use_bias=False, name="key", **dense)
+        self.value = keras.layers.Dense(hidden_dim, name="value", **dense)
+        self.output_dense = keras.layers.Dense(hidden_dim, name="output_dense", **dense)
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+        self.softmax = keras.layers.Softmax(dtype="float32")
+
+    def build(self, inputs_shape, bias_shape=None):
+        for layer in (self.query, self.key, self.value, self.output_dense):
+            layer.build(inputs_shape)
+        self.built = True
+
+    def _heads(self, x):
+        batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.reshape(x, (batch, tokens, self.num_heads, self.head_dim))
+
+    def call(self, inputs, bias=None, training=None, return_attention_scores=False):
+        query, key, value = (self._heads(f(inputs)) for f in (self.query, self.key, self.value))
+        scale = self.head_dim**-0.5
+        if bias is not None:
+            bias = ops.cast(bias, query.dtype)
+        explicit = return_attention_scores or (training and self.dropout_rate > 0)
+        if explicit:
+            logits = ops.einsum("bqhd,bkhd->bhqk", query, key) * ops.cast(scale, query.dtype)
+            if bias is not None:
+                logits = logits + bias
+            # Softmax in float32, as transformers does, then back to the compute dtype.
+            probs = ops.cast(self.softmax(logits), query.dtype)
+            attended = ops.einsum("bhqk,bkhd->bqhd", self.dropout(probs, training=training), value)
+        else:
+            attended = ops.dot_product_attention(query, key, value, bias=bias, scale=scale)
+        batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        outputs = self.output_dense(ops.reshape(attended, (batch, tokens, self.hidden_dim)))
+        if return_attention_scores:
+            return outputs, probs
+        return outputs
+
+    def compute_output_spec(self, inputs, bias=None, training=None, return_attention_scores=False):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if return_attention_scores:
+            tokens = inputs.shape[1]
+            scores = keras.KerasTensor(
+                (inputs.shape[0], self.num_heads, tokens, tokens), dtype=self.compute_dtype
+            )
+            return outputs, scores
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "dropout_rate": self.dropout_rate,
+            }
+        )
+        return config

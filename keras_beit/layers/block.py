@@ -1,0 +1,152 @@
+"""The BEiT transformer block: pre-norm attention and MLP with layer scale."""
+
+import keras
+from keras import ops
+
+from keras_beit.layers.attention import BEiTAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: drops the whole residual branch per sample in training.
+
+    Kept samples are scaled by 1 / (1 - rate) so the expectation is unchanged.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, dtype=inputs.dtype, seed=self.seed_generator)
+        return inputs / keep * ops.floor(keep + noise)
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rate": self.rate, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTBlock(keras.layers.Layer):
+    """x + lambda_1 * Attn(LN(x)), then x + lambda_2 * MLP(LN(x)).
+
+    The per-channel layer scales lambda_1 and lambda_2 exist only when
+    `layer_scale_init_value > 0`. The MLP uses the exact (erf) GELU.
+
+    Args:
+        hidden_dim: model width D.
+        num_heads: attention heads.
+        intermediate_dim: MLP hidden width.
+        layer_scale_init_value: initial layer scale; 0 disables layer scale.
+        drop_path_rate: stochastic depth rate of this block.
+        dropout_rate: dropout after the attention output and after the MLP.
+        attention_dropout_rate: dropout on the attention probabilities.
+        layer_norm_epsilon: epsilon of both LayerNorms.
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        layer_scale_init_value=0.1,
+        drop_path_rate=0.0,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        layer_norm_epsilon=1e-12,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = dict(dtype=self.dtype_policy)
+        self.norm_before = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="norm_before", **policy
+        )
+        self.attention = BEiTAttention(
+            hidden_dim, num_heads, attention_dropout_rate, name="attention", **policy
+        )
+        self.norm_after = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="norm_after", **policy
+        )
+        self.fc1 = keras.layers.Dense(intermediate_dim, name="fc1", **policy)
+        self.fc2 = keras.layers.Dense(hidden_dim, name="fc2", **policy)
+        self.dropout = keras.layers.Dropout(dropout_rate, **policy)
+        self.drop_path = DropPath(drop_path_rate, **policy)
+
+    def build(self, inputs_shape, bias_shape=None):
+        self.norm_before.build(inputs_shape)
+        self.attention.build(inputs_shape)
+        self.norm_after.build(inputs_shape)
+        self.fc1.build(inputs_shape)
+        self.fc2.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
+        if self.layer_scale_init_value > 0:
+            init = keras.initializers.Constant(self.layer_scale_init_value)
+            self.lambda_1 = self.add_weight(name="lambda_1", shape=(self.hidden_dim,), initializer=init)
+            self.lambda_2 = self.add_weight(name="lambda_2", shape=(self.hidden_dim,), initializer=init)
+        self.built = True
+
+    def _scale(self, x, scale_name):
+        if self.layer_scale_init_value > 0:
+            return x * getattr(self, scale_name)
+        return x
+
+    def call(self, inputs, bias=None, training=None, return_attention_scores=False):
+        attended = self.attention(
+            self.norm_before(inputs),
+            bias=bias,
+            training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        if return_attention_scores:
+            attended, scores = attended
+        attended = self._scale(self.dropout(attended, training=training), "lambda_1")
+        x = inputs + self.drop_path(attended, training=training)
+        hidden = keras.activations.gelu(self.fc1(self.norm_after(x)), approximate=False)
+        hidden = self._scale(self.dropout(self.fc2(hidden), training=training), "lambda_2")
+        x = x + self.drop_path(hidden, training=training)
+        if return_attention_scores:
+            return x, scores
+        return x
+
+    def compute_output_spec(self, inputs, bias=None, training=None, return_attention_scores=False):
+        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if return_attention_scores:
+            tokens = inputs.shape[1]
+            scores = keras.KerasTensor(
+                (inputs.shape[0], self.num_heads, tokens, tokens), dtype=self.compute_dtype
+            )
+            return outputs, scores
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "layer_scale_init_value": self.layer_scale_init_value,
+                "drop_path_rate": self.drop_path_rate,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,129 @@
+"""BEiT's relative position bias, resized to the input's patch grid at call time."""
+
+import keras
+from keras import ops
+
+from keras_beit.layers.interpolation import resize_grid
+from keras_beit.layers.patch_embedding import image_grid
+
+
+def num_relative_distances(window_size):
+    """Rows of the bias table for a patch grid: every offset, plus 3 CLS rows."""
+    height, width = window_size
+    return (2 * height - 1) * (2 * width - 1) + 3
+
+
+def relative_position_index(grid_height, grid_width):
+    """The unilm index of shape (N + 1, N + 1) into a table for this grid.
+
+    Patch pairs index their offset (dy, dx) row-major in a
+    (2h - 1) x (2w - 1) grid. The three CLS rows follow, in the original's
+    order: CLS query to a patch, a patch query to CLS, CLS to CLS.
+    """
+    rows = ops.arange(grid_height, dtype="int32")
+    cols = ops.arange(grid_width, dtype="int32")
+    dy = rows[:, None] - rows[None, :] + grid_height - 1
+    dx = cols[:, None] - cols[None, :] + grid_width - 1
+    pairs = dy[:, None, :, None] * (2 * grid_width - 1) + dx[None, :, None, :]
+    num_patches = grid_height * grid_width
+    pairs = ops.reshape(pairs, (num_patches, num_patches))
+    offsets = (2 * grid_height - 1) * (2 * grid_width - 1)
+    patch_to_cls = ops.full((num_patches, 1), offsets + 1, dtype="int32")
+    cls_row = ops.concatenate(
+        [
+            ops.full((1, 1), offsets + 2, dtype="int32"),
+            ops.full((1, num_patches), offsets, dtype="int32"),
+        ],
+        axis=1,
+    )
+    body = ops.concatenate([patch_to_cls, pairs], axis=1)
+    return ops.concatenate([cls_row, body], axis=0)
+
+
+def grid_bias(table, window_size, grid_height, grid_width):
+    """The (heads, N + 1, N + 1) bias for a grid, from a table for `window_size`.
+
+    The offset rows are resized bilinearly (align_corners=False) from the
+    table's (2Wh - 1, 2Ww - 1) grid, as transformers 5 does; the CLS rows are
+    kept. At the table's own grid the resize is an exact identity.
+    """
+    num_offsets = (2 * window_size[0] - 1) * (2 * window_size[1] - 1)
+    offsets = ops.reshape(
+        table[:num_offsets], (2 * window_size[0] - 1, 2 * window_size[1] - 1, -1)
+    )
+    # Grid sizes are tensors only in a graph with an unknown image size.
+    same_grid = (grid_height, grid_width) == tuple(window_size) if all(
+        isinstance(s, int) for s in (grid_height, grid_width)
+    ) else False
+    if not same_grid:
+        offsets = resize_grid(
+            offsets, 2 * grid_height - 1, 2 * grid_width - 1, "bilinear"
+        )
+    heads = table.shape[-1]
+    resized = ops.concatenate(
+        [ops.reshape(offsets, (-1, heads)), table[num_offsets:]], axis=0
+    )
+    index = relative_position_index(grid_height, grid_width)
+    bias = ops.take(resized, ops.reshape(index, (-1,)), axis=0)
+    tokens = grid_height * grid_width + 1
+    return ops.transpose(ops.reshape(bias, (tokens, tokens, heads)), (2, 0, 1))
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTRelativePositionBias(keras.layers.Layer):
+    """A learned relative position bias for every pair of tokens.
+
+    Holds a `((2Wh - 1)(2Ww - 1) + 3, num_heads)` table for the patch grid
+    `window_size` it was trained on. Called on the images, it returns the
+    additive attention bias `(1, num_heads, N + 1, N + 1)` for their patch
+    grid, resizing the table when the grid differs.
+
+    Args:
+        window_size: (height, width) of the patch grid the table belongs to.
+        num_heads: attention heads; one bias per head.
+        patch_size: side of a square patch in pixels.
+        data_format: "channels_last" or "channels_first" images.
+    """
+
+    def __init__(
+        self, window_size, num_heads, patch_size, data_format="channels_last", **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.window_size = tuple(int(s) for s in window_size)
+        self.num_heads = num_heads
+        self.patch_size = patch_size
+        self.data_format = data_format
+
+    def build(self, images_shape=None, shared_bias_shape=None):
+        self.relative_position_bias_table = self.add_weight(
+            name="relative_position_bias_table",
+            shape=(num_relative_distances(self.window_size), self.num_heads),
+            initializer="zeros",
+        )
+        self.built = True
+
+    def call(self, images, shared_bias=None):
+        bias = grid_bias(self.relative_position_bias_table, self.window_size, *image_grid(images, self.patch_size, self.data_format))
+        bias = ops.expand_dims(bias, 0)
+        if shared_bias is not None:
+            bias = bias + shared_bias
+        return bias
+
+    def compute_output_spec(self, images, shared_bias=None):
+        spatial = images.shape[1:3] if self.data_format == "channels_last" else images.shape[2:4]
+        tokens = None
+        if None not in spatial:
+            tokens = (spatial[0] // self.patch_size) * (spatial[1] // self.patch_size) + 1
+        return keras.KerasTensor((1, self.num_heads, tokens, tokens), dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "window_size": self.window_size,
+                "num_heads": self.num_heads,
+                "patch_size": self.patch_size,
+                "data_format": self.data_format,
+            }
+        )
+        return config

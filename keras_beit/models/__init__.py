@@ -1,0 +1,5 @@
+from keras_beit.models.backbone import BEiTBackbone
+from keras_beit.models.image_classifier import BEiTImageClassifier
+from keras_beit.models.image_converter import BEiTImageConverter
+from keras_beit.models.masked_image_modeler import BEiTMaskedImageModeler
+from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor

@@ -1,0 +1,229 @@
+"""BEiTBackbone: images to the final token sequence."""
+
+import keras
+from keras_hub.models import FeaturePyramidBackbone
+from keras_hub.src.utils.keras_utils import standardize_data_format
+
+from keras_beit.layers.block import BEiTBlock
+from keras_beit.layers.patch_embedding import BEiTPatchEmbedding
+from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias
+from keras_beit.models.preset_loading import PresetLoadingMixin
+
+
+def _spatial(image_shape, data_format):
+    return tuple(image_shape[:2]) if data_format == "channels_last" else tuple(image_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
+    """The BEiT vision transformer (Bao, Dong and Wei, 2021).
+
+    Images `(batch, height, width, channels)` go in; the final token sequence
+    `(batch, 1 + patches, hidden_dim)` comes out, CLS token first. Height and
+    width may be None: any size that `patch_size` divides runs, with the
+    relative position bias and absolute position embeddings resized to the
+    input's patch grid. `pyramid_outputs` holds the embedding output
+    ("stem") and every block's output ("stage1" ... "stageL").
+
+    Args:
+        image_shape: input shape; height and width may be None.
+        patch_size: side of a square patch in pixels.
+        hidden_dim: token width.
+        num_layers: transformer blocks.
+        num_heads: attention heads.
+        intermediate_dim: MLP hidden width.
+        use_absolute_position_embeddings: learned absolute positions (DiT).
+        use_relative_position_bias: a relative position bias table per block.
+        use_shared_relative_position_bias: one table shared by all blocks.
+            Both kinds may be on at once; their biases add.
+        use_mask_token: a mask token for masked image modeling.
+        layer_scale_init_value: initial layer scale; 0 turns layer scale off.
+        drop_path_rate: stochastic depth, rising linearly from 0 at the
+            first block to this value at the last.
+        dropout_rate: dropout after the embeddings, attention and MLP.
+        attention_dropout_rate: dropout on attention probabilities.
+        layer_norm_epsilon: epsilon of every LayerNorm (transformers uses
+            1e-12, the original code and timm 1e-6).
+        use_mean_pooling: heads pool by the mean of the patch tokens; when
+            False, a final LayerNorm is applied to the sequence and heads use
+            the CLS token.
+        window_size: (height, width) patch grid the position tables were
+            trained on; defaults to the image_shape grid.
+        data_format: "channels_last" (default) or "channels_first".
+        dtype: dtype policy.
+    """
+
+    def __init__(
+        self,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        hidden_dim=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_dim=3072,
+        use_absolute_position_embeddings=False,
+        use_relative_position_bias=False,
+        use_shared_relative_position_bias=False,
+        use_mask_token=False,
+        layer_scale_init_value=0.1,
+        drop_path_rate=0.0,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        layer_norm_epsilon=1e-12,
+        use_mean_pooling=True,
+        window_size=None,
+        data_format=None,
+        dtype=None,
+        **kwargs,
+    ):
+        data_format = standardize_data_format(data_format)
+        image_shape = tuple(image_shape)
+        height, width = _spatial(image_shape, data_format)
+        for name, size in (("height", height), ("width", width)):
+            if size is not None and size % patch_size:
+                raise ValueError(
+                    f"The image {name} ({size}) must be a multiple of the patch "
+                    f"size ({patch_size}); received image_shape={image_shape}."
+                )
+        if window_size is None:
+            if height is None or width is None:
+                raise ValueError(
+                    "With an unknown image height or width, pass `window_size`, "
+                    "the patch grid the position tables were trained on."
+                )
+            window_size = (height // patch_size, width // patch_size)
+        window_size = tuple(int(s) for s in window_size)
+        num_channels = image_shape[-1] if data_format == "channels_last" else image_shape[0]
+
+        # === Layers ===
+        self.patch_embedding = BEiTPatchEmbedding(
+            hidden_dim,
+            patch_size,
+            num_channels,
+            window_size,
+            use_mask_token=use_mask_token,
+            use_absolute_position_embeddings=use_absolute_position_embeddings,
+            data_format=data_format,
+            dtype=dtype,
+            name="patch_embedding",
+        )
+        self.embedding_dropout = keras.layers.Dropout(
+            dropout_rate, dtype=dtype, name="embedding_dropout"
+        )
+        bias_args = dict(
+            window_size=window_size,
+            num_heads=num_heads,
+            patch_size=patch_size,
+            data_format=data_format,
+            dtype=dtype,
+        )
+        self.shared_relative_position_bias = (
+            BEiTRelativePositionBias(name="shared_relative_position_bias", **bias_args)
+            if use_shared_relative_position_bias
+            else None
+        )
+        self.relative_position_biases = [
+            BEiTRelativePositionBias(name=f"relative_position_bias_{i}", **bias_args)
+            for i in range(num_layers)
+            if use_relative_position_bias
+        ]
+        self.blocks = [
+            BEiTBlock(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                layer_scale_init_value=layer_scale_init_value,
+                drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
+                dropout_rate=dropout_rate,
+                attention_dropout_rate=attention_dropout_rate,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=dtype,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = (
+            None
+            if use_mean_pooling
+            else keras.layers.LayerNormalization(
+                epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
+            )
+        )
+
+        # === Functional model ===
+        images = keras.layers.Input(shape=image_shape, name="images")
+        sequence, hidden_states = self.encode(images)
+        super().__init__(inputs=images, outputs=sequence, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.use_absolute_position_embeddings = use_absolute_position_embeddings
+        self.use_relative_position_bias = use_relative_position_bias
+        self.use_shared_relative_position_bias = use_shared_relative_position_bias
+        self.use_mask_token = use_mask_token
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_mean_pooling = use_mean_pooling
+        self.window_size = window_size
+        self.data_format = data_format
+        self.pyramid_outputs = {
+            ("stem" if i == 0 else f"stage{i}"): state for i, state in enumerate(hidden_states)
+        }
+
+    def encode(self, images, masked_patches=None, training=None):
+        """Runs the backbone's layers; returns (sequence, hidden states).
+
+        The hidden states are the embedding output followed by each block's
+        output, before the final LayerNorm, as transformers'
+        `output_hidden_states` returns them. Task models call this to feed a
+        mask or to tap blocks while sharing the backbone's weights.
+        """
+        x = self.patch_embedding(images, masked_patches=masked_patches)
+        x = self.embedding_dropout(x, training=training)
+        shared = None
+        if self.shared_relative_position_bias is not None:
+            shared = self.shared_relative_position_bias(images)
+        hidden_states = [x]
+        for i, block in enumerate(self.blocks):
+            bias = shared
+            if self.relative_position_biases:
+                bias = self.relative_position_biases[i](images, shared_bias=shared)
+            x = block(x, bias=bias, training=training)
+            hidden_states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, hidden_states
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": self.image_shape,
+                "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "use_absolute_position_embeddings": self.use_absolute_position_embeddings,
+                "use_relative_position_bias": self.use_relative_position_bias,
+                "use_shared_relative_position_bias": self.use_shared_relative_position_bias,
+                "use_mask_token": self.use_mask_token,
+                "layer_scale_init_value": self.layer_scale_init_value,
+                "drop_path_rate": self.drop_path_rate,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "use_mean_pooling": self.use_mean_pooling,
+                "window_size": self.window_size,
+                "data_format": self.data_format,
+            }
+        )
+        return config

@@ -1,0 +1,52 @@
+"""`from_preset` for keras_beit classes, with pluggable checkpoint formats.
+
+keras-hub picks a preset loader from a fixed list of formats. keras_beit's
+converters (transformers, timm, unilm) register a factory here instead, so the
+model classes can load those formats without importing any converter.
+"""
+
+from keras_hub.models import Backbone
+from keras_hub.models import Preprocessor
+from keras_hub.models import Task
+from keras_hub.src.utils import preset_utils
+
+_LOADER_FACTORIES = []
+
+
+def register_preset_loader(factory):
+    """Adds `factory(preset) -> PresetLoader | None`, tried before keras-hub's."""
+    _LOADER_FACTORIES.append(factory)
+    return factory
+
+
+def get_preset_loader(preset):
+    for factory in _LOADER_FACTORIES:
+        loader = factory(preset)
+        if loader is not None:
+            return loader
+    return preset_utils.get_preset_loader(preset)
+
+
+class PresetLoadingMixin:
+    """The keras-hub `from_preset` logic, routed through the registered loaders."""
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        loader = get_preset_loader(preset)
+        backbone_cls = loader.check_backbone_class()
+        if issubclass(cls, Backbone):
+            if not issubclass(backbone_cls, cls):
+                raise ValueError(
+                    f"The preset {preset!r} holds a {backbone_cls.__name__}, "
+                    f"which is not a {cls.__name__}."
+                )
+            return loader.load_backbone(backbone_cls, load_weights, **kwargs)
+        if cls.backbone_cls != backbone_cls:
+            cls = preset_utils.find_subclass(preset, cls, backbone_cls)
+        if issubclass(cls, Task):
+            # A new head (num_classes given) never loads the preset's head.
+            return loader.load_task(cls, load_weights, "num_classes" not in kwargs, **kwargs)
+        if issubclass(cls, Preprocessor):
+            config_file = kwargs.pop("config_file", preset_utils.PREPROCESSOR_CONFIG_FILE)
+            return loader.load_preprocessor(cls, config_file, **kwargs)
+        return loader.load_image_converter(cls, **kwargs)
