@@ -5,6 +5,7 @@ from keras_hub.models import ImageClassifier
 from keras_hub.models import Task
 
 from keras_beit.layers.pooler import BEiTPooler
+from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor
 from keras_beit.models.preset_loading import PresetLoadingMixin
@@ -64,6 +65,9 @@ class BEiTImageClassifier(PresetLoadingMixin, ImageClassifier):
         # === Config ===
         self.num_classes = num_classes
         self.dropout = dropout
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        return super().preprocess_samples(x, validated_labels(y, self.num_classes), sample_weight)
 
     def get_config(self):
         config = Task.get_config(self)

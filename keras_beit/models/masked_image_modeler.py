@@ -5,6 +5,7 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_beit.models.backbone import BEiTBackbone
+from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preset_loading import PresetLoadingMixin
 
 
@@ -53,6 +54,9 @@ class BEiTMaskedImageModeler(PresetLoadingMixin, Task):
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        return super().preprocess_samples(x, validated_labels(y, self.vocabulary_size), sample_weight)
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """Adam(5e-5), cross-entropy and accuracy over masked positions by default."""

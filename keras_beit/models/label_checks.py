@@ -1,0 +1,48 @@
+"""Refusing out-of-range labels before they reach a loss.
+
+An out-of-range class index gives an error on some backends and a silent NaN
+or garbage loss on others (jax), so tasks check labels where the data enters
+`fit`/`evaluate`: keras-hub's `preprocess_samples`, which runs eagerly on
+arrays or inside a tf.data graph. Only the tf.data case needs TensorFlow ops;
+it is the one place this library touches a backend directly.
+"""
+
+import numpy as np
+
+
+def _message(num_classes, ignore_index):
+    allowed = f"class indices in [0, {num_classes})"
+    if ignore_index is not None:
+        allowed += f" or the ignore index {ignore_index}"
+    return f"Labels must be {allowed}."
+
+
+def validated_labels(labels, num_classes, ignore_index=None):
+    """Returns `labels` unchanged, or raises if any is out of range."""
+    if labels is None:
+        return labels
+    if type(labels).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        values = tf.cast(labels, "int64")
+        valid = tf.logical_and(values >= 0, values < num_classes)
+        if ignore_index is not None:
+            valid = tf.logical_or(valid, tf.equal(values, ignore_index))
+        invalid = tf.boolean_mask(values, tf.logical_not(valid))
+        check = tf.debugging.Assert(
+            tf.reduce_all(valid), [_message(num_classes, ignore_index) + " Received:", invalid[:10]]
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(labels)
+    values = np.asarray(labels)
+    if values.dtype.kind == "f" and np.any(values != np.round(values)):
+        raise ValueError(_message(num_classes, ignore_index) + " Received non-integer labels.")
+    valid = (values >= 0) & (values < num_classes)
+    if ignore_index is not None:
+        valid |= values == ignore_index
+    if not valid.all():
+        raise ValueError(
+            _message(num_classes, ignore_index)
+            + f" Received {np.unique(values[~valid])[:10].tolist()}."
+        )
+    return labels

@@ -1,0 +1,122 @@
+"""Models survive saving, and fit() trains them on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_beit
+
+TINY = dict(
+    image_shape=(32, 32, 3), patch_size=8, hidden_dim=16, num_layers=2, num_heads=2,
+    intermediate_dim=24, use_relative_position_bias=True, use_shared_relative_position_bias=True,
+)
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(scale=0.3, size=variable.shape).astype(variable.dtype))
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+
+
+def _classifier():
+    classifier = keras_beit.BEiTImageClassifier(keras_beit.BEiTBackbone(**TINY), num_classes=3)
+    _randomize(classifier)
+    return classifier
+
+
+def _mim():
+    backbone = keras_beit.BEiTBackbone(**{**TINY, "use_mask_token": True})
+    mim = keras_beit.BEiTMaskedImageModeler(backbone, vocabulary_size=12)
+    _randomize(mim)
+    return mim
+
+
+def test_classifier_reloads_identically_from_a_keras_file(images, tmp_path):
+    classifier = _classifier()
+    classifier.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(reloaded, keras_beit.BEiTImageClassifier)
+    np.testing.assert_array_equal(_numpy(reloaded(images)), _numpy(classifier(images)))
+
+
+def test_classifier_reloads_identically_from_a_preset(images, tmp_path):
+    classifier = _classifier()
+    classifier.save_to_preset(str(tmp_path))
+    for cls in (keras_beit.BEiTImageClassifier, __import__("keras_hub").models.ImageClassifier):
+        reloaded = cls.from_preset(str(tmp_path))
+        assert isinstance(reloaded, keras_beit.BEiTImageClassifier)
+        np.testing.assert_array_equal(_numpy(reloaded(images)), _numpy(classifier(images)))
+    backbone = keras_beit.BEiTBackbone.from_preset(str(tmp_path))
+    np.testing.assert_array_equal(_numpy(backbone(images)), _numpy(classifier.backbone(images)))
+
+
+def test_masked_image_modeler_reloads_identically(images, tmp_path):
+    mim = _mim()
+    x = {"images": images, "mask": np.random.default_rng(2).random((4, 16)) < 0.5}
+    expected = _numpy(mim(x))
+    mim.save(tmp_path / "mim.keras")
+    np.testing.assert_array_equal(_numpy(keras.models.load_model(tmp_path / "mim.keras")(x)), expected)
+    mim.save_to_preset(str(tmp_path / "preset"))
+    reloaded = keras_beit.BEiTMaskedImageModeler.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_array_equal(_numpy(reloaded(x)), expected)
+
+
+def test_a_preset_loads_at_another_resolution(images, tmp_path):
+    classifier = _classifier()
+    classifier.save_to_preset(str(tmp_path))
+    flexible = keras_beit.BEiTImageClassifier.from_preset(str(tmp_path), image_shape=(None, None, 3))
+    np.testing.assert_allclose(_numpy(flexible(images)), _numpy(classifier(images)), atol=1e-5)
+    assert flexible(np.zeros((1, 48, 40, 3), "float32")).shape == (1, 3)
+
+
+def test_classifier_compile_defaults_then_fit_lowers_the_loss(images):
+    classifier = _classifier()
+    labels = np.array([0, 1, 2, 1])
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = classifier.fit(images, labels, epochs=8, batch_size=4, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_classifier_trains_with_no_compile_arguments(images):
+    classifier = _classifier()
+    # keras-hub compiles tasks on construction: Adam(5e-5), sparse CE from logits.
+    history = classifier.fit(images, np.array([0, 1, 2, 1]), epochs=2, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_masked_image_modeling_fit_lowers_the_masked_token_loss(images):
+    mim = _mim()
+    mask = np.random.default_rng(3).random((4, 16)) < 0.5
+    tokens = np.random.default_rng(4).integers(0, 12, size=(4, 16))
+    mim.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = mim.fit({"images": images, "mask": mask}, tokens, epochs=8, batch_size=4, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_masked_image_modeling_loss_counts_masked_positions_only(images):
+    mim = _mim()
+    mask = np.zeros((4, 16), bool)
+    mask[:, :3] = True
+    tokens = np.random.default_rng(4).integers(0, 12, size=(4, 16))
+    x = {"images": images, "mask": mask}
+    logits = _numpy(mim(x)).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+    expected = picked[mask].mean()
+    # Changing the labels of unmasked positions must not change the loss.
+    other = tokens.copy()
+    other[:, 3:] = (other[:, 3:] + 5) % 12
+    for labels in (tokens, other):
+        loss = mim.compute_loss(x=x, y=labels, y_pred=mim(x), sample_weight=None)
+        assert float(_numpy(loss)) == pytest.approx(expected, rel=1e-5)
