@@ -206,9 +206,12 @@ class TransformersLoader(PresetLoader):
         return task
 
     def load_image_converter(self, cls, **kwargs):
-        if not check_file_exists(self.preset, "preprocessor_config.json"):
-            return cls(**kwargs)
-        return cls(**{**image_converter_config(load_json(self.preset, "preprocessor_config.json")), **kwargs})
+        if check_file_exists(self.preset, "preprocessor_config.json"):
+            config = image_converter_config(load_json(self.preset, "preprocessor_config.json"))
+        else:
+            # No processor saved: the official processors' settings at the model's size.
+            config = {"image_size": _pair(self.config.get("image_size", 224))}
+        return cls(**{**config, **kwargs})
 
 
 def image_converter_config(processor):
