@@ -72,6 +72,18 @@ def test_backbone_hidden_states_match_beit_model(name, tmp_path):
             assert _max_error(ours, theirs.numpy()) <= ATOL
 
 
+def test_attention_maps_match_transformers_eager_attention(tmp_path):
+    config = CONFIGS["shared_and_per_layer_bias"]
+    reference = save_model(transformers.BeitModel, tmp_path, attn_implementation="eager", **config)
+    backbone = keras_beit.BEiTBackbone.from_preset(str(tmp_path))
+    images = _images(config)
+    expected = run(reference, images, output_attentions=True).attentions
+    _, _, scores = backbone.encode(keras.ops.convert_to_tensor(images), return_attention_scores=True)
+    assert len(scores) == len(expected)
+    for ours, theirs in zip(scores, expected):
+        assert _max_error(ours, theirs.numpy()) <= ATOL
+
+
 @pytest.mark.parametrize(
     "name", ["per_layer_bias", "cls_pooling", "absolute_positions_dit", "transformers_tester"]
 )

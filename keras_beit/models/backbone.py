@@ -178,28 +178,35 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
             ("stem" if i == 0 else f"stage{i}"): state for i, state in enumerate(hidden_states)
         }
 
-    def encode(self, images, masked_patches=None, training=None):
+    def encode(self, images, masked_patches=None, training=None, return_attention_scores=False):
         """Runs the backbone's layers; returns (sequence, hidden states).
 
         The hidden states are the embedding output followed by each block's
         output, before the final LayerNorm, as transformers'
         `output_hidden_states` returns them. Task models call this to feed a
-        mask or to tap blocks while sharing the backbone's weights.
+        mask or to tap blocks while sharing the backbone's weights. With
+        `return_attention_scores`, a third item lists each block's attention
+        probabilities `(batch, heads, tokens, tokens)`.
         """
         x = self.patch_embedding(images, masked_patches=masked_patches)
         x = self.embedding_dropout(x, training=training)
         shared = None
         if self.shared_relative_position_bias is not None:
             shared = self.shared_relative_position_bias(images)
-        hidden_states = [x]
+        hidden_states, attention_scores = [x], []
         for i, block in enumerate(self.blocks):
             bias = shared
             if self.relative_position_biases:
                 bias = self.relative_position_biases[i](images, shared_bias=shared)
-            x = block(x, bias=bias, training=training)
+            x = block(x, bias=bias, training=training, return_attention_scores=return_attention_scores)
+            if return_attention_scores:
+                x, scores = x
+                attention_scores.append(scores)
             hidden_states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if return_attention_scores:
+            return x, hidden_states, attention_scores
         return x, hidden_states
 
     def get_config(self):
