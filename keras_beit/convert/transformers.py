@@ -9,7 +9,6 @@ import os
 
 from keras_hub.src.utils.preset_utils import PresetLoader
 from keras_hub.src.utils.preset_utils import check_file_exists
-from keras_hub.src.utils.preset_utils import get_file
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
@@ -149,16 +148,19 @@ class TransformersLoader(PresetLoader):
     @property
     def state(self):
         if self._state is None:
-            directory = self.preset
-            if not os.path.isdir(directory):
-                # Remote handles: fetch the weights file next to config.json.
-                directory = os.path.dirname(get_file(self.preset, "config.json"))
-            self._state = read_state_dict(directory)
+            self._state = read_state_dict(self.preset)
         return self._state
 
     @property
     def architecture(self):
         return (self.config.get("architectures") or [""])[0]
+
+    def checkpoint_task(self):
+        """The task class whose head this checkpoint carries, or None for a base model."""
+        return next(
+            (task for suffix, task in _HEAD_FOR_ARCHITECTURE.items() if self.architecture.endswith(suffix)),
+            None,
+        )
 
     def check_backbone_class(self):
         return BEiTBackbone
@@ -178,10 +180,7 @@ class TransformersLoader(PresetLoader):
         return backbone
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
-        checkpoint_task = next(
-            (task for suffix, task in _HEAD_FOR_ARCHITECTURE.items() if self.architecture.endswith(suffix)),
-            None,
-        )
+        checkpoint_task = self.checkpoint_task()
         has_head = checkpoint_task is not None and issubclass(cls, checkpoint_task)
         if has_head and load_task_weights:
             if issubclass(cls, BEiTImageClassifier):

@@ -1,0 +1,124 @@
+"""Catalogue names and hf:// handles: download, convert once, cache a keras preset.
+
+`from_preset("beit_base_patch16_224")` or `from_preset("hf://microsoft/beit-base-patch16-224")`
+resolves to a keras-hub preset directory under the cache (KERAS_BEIT_CACHE, by
+default ~/.cache/keras_beit). The first load downloads the source with
+huggingface_hub (which shows progress and honours HF_HUB_OFFLINE and its own
+cache), converts it, and writes the preset atomically; later loads read it
+directly.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+from keras_hub.src.utils.preset_utils import KerasPresetLoader
+from keras_hub.src.utils.preset_utils import load_json
+
+from keras_beit.models.backbone import BEiTBackbone
+from keras_beit.models.image_converter import BEiTImageConverter
+from keras_beit.models.preset_loading import get_preset_loader
+from keras_beit.models.preset_loading import register_preset_loader
+from keras_beit.presets import CATALOGUE
+
+HF_PREFIX = "hf://"
+# What a converter may need from a model repository; other files are never fetched.
+SOURCE_FILES = [
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "pytorch_model.bin",
+]
+
+
+def cache_dir():
+    return os.environ.get("KERAS_BEIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_beit")
+
+
+def write_preset(model, output_dir, image_converter=None):
+    """Saves `model` as a keras-hub preset, built in a temporary directory and moved into place."""
+    output_dir = os.path.abspath(output_dir)
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".keras_beit_", dir=parent)
+    try:
+        model.save_to_preset(staging)
+        if image_converter is not None:
+            image_converter.save_to_preset(staging)
+        if os.path.exists(output_dir):
+            retired = tempfile.mkdtemp(prefix=".keras_beit_old_", dir=parent)
+            os.replace(output_dir, os.path.join(retired, "preset"))
+            os.replace(staging, output_dir)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def load_source(source, **kwargs):
+    """The model a checkpoint holds: its task model when it has a head, else the backbone."""
+    loader = get_preset_loader(source)
+    task_cls = getattr(loader, "checkpoint_task", lambda: None)()
+    if task_cls is None:
+        return BEiTBackbone.from_preset(source, **kwargs), BEiTImageConverter.from_preset(source)
+    return task_cls.from_preset(source, **kwargs), None
+
+
+def convert(source, output_dir, **kwargs):
+    """Converts any supported checkpoint (directory, .pth file) to a keras-hub preset."""
+    print(f"Converting {source} to a keras_beit preset in {output_dir} ...", flush=True)
+    model, image_converter = load_source(source, **kwargs)
+    return write_preset(model, output_dir, image_converter)
+
+
+def download_hf(repo_id):
+    """A local snapshot of a Hugging Face model repository (progress bars included)."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, allow_patterns=SOURCE_FILES)
+
+
+def _is_converted(directory):
+    return os.path.isfile(os.path.join(directory, "config.json")) and os.path.isfile(
+        os.path.join(directory, "metadata.json")
+    )
+
+
+def resolve(handle):
+    """A converted, cached preset directory for a catalogue name or hf:// handle."""
+    if handle in CATALOGUE:
+        sources = CATALOGUE[handle]["sources"]
+        repo_id = sources.get("hf") or sources["timm"]
+        target = os.path.join(cache_dir(), "catalogue", handle)
+    else:
+        repo_id = handle[len(HF_PREFIX):]
+        target = os.path.join(cache_dir(), "hf", repo_id.replace("/", "--"))
+    if not _is_converted(target):
+        convert(download_hf(repo_id), target)
+    return target
+
+
+@register_preset_loader
+def catalogue_loader(preset):
+    if not isinstance(preset, str):
+        return None
+    if preset not in CATALOGUE and not preset.startswith(HF_PREFIX):
+        return None
+    if preset.startswith(HF_PREFIX) and not _is_beit_repo(preset[len(HF_PREFIX):]):
+        return None  # a keras-hub preset hosted on the hub: keras-hub reads it itself
+    directory = resolve(preset)
+    return KerasPresetLoader(directory, load_json(directory, "config.json"))
+
+
+def _is_beit_repo(repo_id):
+    from huggingface_hub import hf_hub_download
+
+    with open(hf_hub_download(repo_id, "config.json")) as f:
+        config = json.load(f)
+    return "registered_name" not in config

@@ -1,0 +1,55 @@
+"""Makes keras-hub's own `from_preset` entry points understand keras_beit's presets.
+
+keras-hub picks a loader from a fixed set (`TransformersPresetLoader`,
+`TimmPresetLoader`) and has no registry for new checkpoint formats. So that
+`keras_hub.models.ImageClassifier.from_preset("beit_base_patch16_224")` and
+the like work after `import keras_beit`, those two classes hand BEiT
+configs to keras_beit's loaders; every other model type is untouched. This is
+the only place keras_beit changes keras-hub behaviour, and it relies on
+keras-hub internals, which is why pyproject pins keras-hub's minor version.
+"""
+
+from keras_hub.src.utils import preset_utils
+from keras_hub.src.utils.timm.preset_loader import TimmPresetLoader
+from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
+
+from keras_beit.convert.transformers import MODEL_TYPES
+from keras_beit.models.backbone import BEiTBackbone
+from keras_beit.models.preset_loading import get_preset_loader
+from keras_beit.presets import CATALOGUE
+
+
+def _is_beit(config):
+    return config.get("model_type") in MODEL_TYPES or str(config.get("architecture", "")).startswith("beit")
+
+
+def _divert(loader_cls):
+    original_new = loader_cls.__new__
+
+    def __new__(cls, preset, config):
+        if _is_beit(config):
+            # Not an instance of cls, so Python skips cls.__init__.
+            return get_preset_loader(preset)
+        if original_new is object.__new__:
+            return object.__new__(cls)
+        return original_new(cls, preset, config)
+
+    loader_cls.__new__ = staticmethod(__new__)
+
+
+def register_catalogue():
+    """Lists the catalogue in `BEiTBackbone.presets` and keras-hub's preset names."""
+    presets = {}
+    for name, entry in CATALOGUE.items():
+        sources = entry["sources"]
+        handle = f"hf://{sources.get('hf') or sources['timm']}"
+        presets[name] = {
+            "metadata": {"description": entry["description"], "path": "beit", "task": entry["task"]},
+            "kaggle_handle": handle,
+        }
+    preset_utils.register_presets(presets, BEiTBackbone)
+
+
+_divert(TransformersPresetLoader)
+_divert(TimmPresetLoader)
+register_catalogue()
