@@ -13,7 +13,10 @@ import os
 import shutil
 import tempfile
 
+from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import KerasPresetLoader
+from keras_hub.src.utils.preset_utils import check_config_class
+from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.models.backbone import BEiTBackbone
@@ -64,7 +67,12 @@ def write_preset(model, output_dir, image_converter=None):
 def load_source(source, **kwargs):
     """The model a checkpoint holds: its task model when it has a head, else the backbone."""
     loader = get_preset_loader(source)
-    task_cls = getattr(loader, "checkpoint_task", lambda: None)()
+    if isinstance(loader, KerasPresetLoader):
+        task_cls = None
+        if check_file_exists(loader.preset, TASK_CONFIG_FILE):
+            task_cls = check_config_class(load_json(loader.preset, TASK_CONFIG_FILE))
+    else:
+        task_cls = getattr(loader, "checkpoint_task", lambda: None)()
     if task_cls is None:
         return BEiTBackbone.from_preset(source, **kwargs), BEiTImageConverter.from_preset(source)
     return task_cls.from_preset(source, **kwargs), None
