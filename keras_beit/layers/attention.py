@@ -10,9 +10,10 @@ class BEiTAttention(keras.layers.Layer):
 
     The query and value projections have a bias; the key projection has
     none (the original stores a zero key bias). The fused
-    `keras.ops.dot_product_attention` runs unless attention maps are
-    requested or attention dropout is active, in which case the explicit
-    path computes the same arithmetic.
+    `keras.ops.dot_product_attention` runs in float32; the explicit path
+    computes the same arithmetic and runs when attention maps are requested,
+    when attention dropout is active, and under half-precision policies,
+    where it keeps the softmax in float32 as transformers does.
 
     Args:
         hidden_dim: model width D.
@@ -52,7 +53,11 @@ class BEiTAttention(keras.layers.Layer):
         scale = self.head_dim**-0.5
         if bias is not None:
             bias = ops.cast(bias, query.dtype)
-        explicit = return_attention_scores or (training and self.dropout_rate > 0)
+        explicit = (
+            return_attention_scores
+            or (training and self.dropout_rate > 0)
+            or keras.backend.standardize_dtype(query.dtype) != "float32"
+        )
         if explicit:
             logits = ops.einsum("bqhd,bkhd->bhqk", query, key) * ops.cast(scale, query.dtype)
             if bias is not None:

@@ -209,6 +209,18 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
             return x, hidden_states, attention_scores
         return x, hidden_states
 
+    def enable_lora(self, rank, target_layer_names=None):
+        """LoRA of `rank` on the attention query and value projections.
+
+        keras-hub freezes the backbone and adds low-rank factors to the
+        layers named "query" and "value"; their biases are frozen here too,
+        so only the LoRA factors (and the task's head) train.
+        """
+        super().enable_lora(rank, target_layer_names)
+        for layer in self._flatten_layers():
+            if getattr(layer, "lora_enabled", False) and getattr(layer, "bias", None) is not None:
+                layer.bias.trainable = False
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -1,0 +1,66 @@
+"""Mixed precision and LoRA fine-tuning."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_beit
+
+TINY = dict(
+    image_shape=(16, 16, 3), patch_size=8, hidden_dim=16, num_layers=2, num_heads=2,
+    intermediate_dim=24, use_relative_position_bias=True,
+)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(8, 16, 16, 3)).astype("float32"), rng.integers(0, 3, size=8)
+
+
+def test_mixed_bfloat16_trains_and_predicts_close_to_float32(mixed_bfloat16):
+    images, labels = _data()
+    classifier = keras_beit.BEiTImageClassifier(keras_beit.BEiTBackbone(**TINY), num_classes=3)
+    assert classifier.backbone.blocks[0].fc1.compute_dtype == "bfloat16"
+    assert classifier.backbone.blocks[0].fc1.kernel.dtype == "float32"
+    weights = classifier.get_weights()
+    low = keras.ops.convert_to_numpy(keras.ops.cast(classifier.predict(images, verbose=0), "float32"))
+    keras.config.set_dtype_policy("float32")
+    reference = keras_beit.BEiTImageClassifier(keras_beit.BEiTBackbone(**TINY), num_classes=3)
+    reference.set_weights(weights)
+    full = keras.ops.convert_to_numpy(reference.predict(images, verbose=0))
+    np.testing.assert_allclose(low, full, atol=0.1)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    history = classifier.fit(images, labels, epochs=2, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_attention_softmax_runs_in_float32_under_mixed_precision(mixed_bfloat16):
+    layer = keras_beit.layers.BEiTAttention(16, 2)
+    _, scores = layer(np.random.default_rng(0).normal(size=(1, 5, 16)).astype("float32"), return_attention_scores=True)
+    assert layer.softmax.compute_dtype == "float32"
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.cast(scores, "float32")).sum(-1), 1.0, atol=2e-2
+    )
+
+
+def test_lora_reaches_query_and_value_and_trains_only_lora_and_head():
+    images, labels = _data()
+    classifier = keras_beit.BEiTImageClassifier(keras_beit.BEiTBackbone(**TINY), num_classes=3)
+    classifier.backbone.enable_lora(4)
+    trainable = {v.path for v in classifier.trainable_variables}
+    lora = {p for p in trainable if "lora" in p}
+    assert {p.split("/")[-2] for p in lora} == {"query", "value"}
+    assert len(lora) == 2 * 2 * 2  # two blocks, query and value, A and B
+    assert trainable - lora == {"predictions/kernel", "predictions/bias", "pooler/norm/gamma", "pooler/norm/beta"}
+    frozen_before = [keras.ops.convert_to_numpy(v) for v in classifier.backbone.non_trainable_variables]
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    classifier.fit(images, labels, epochs=2, batch_size=4, verbose=0)
+    for before, after in zip(frozen_before, classifier.backbone.non_trainable_variables):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
