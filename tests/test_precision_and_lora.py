@@ -64,3 +64,20 @@ def test_lora_reaches_query_and_value_and_trains_only_lora_and_head():
     classifier.fit(images, labels, epochs=2, batch_size=4, verbose=0)
     for before, after in zip(frozen_before, classifier.backbone.non_trainable_variables):
         np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
+
+
+def test_gradient_checkpointing_gives_the_same_training_step():
+    images, labels = _data()
+    results = []
+    for checkpointing in (False, True):
+        keras.utils.set_random_seed(0)
+        backbone = keras_beit.BEiTBackbone(**TINY, gradient_checkpointing=checkpointing)
+        classifier = keras_beit.BEiTImageClassifier(backbone, num_classes=3)
+        if results:
+            classifier.set_weights(results[0][0])
+        start = classifier.get_weights()
+        classifier.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+        classifier.train_on_batch(images, labels)
+        results.append((start, classifier.get_weights()))
+    for plain, recomputed in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(recomputed, plain, rtol=1e-4, atol=1e-4)

@@ -52,6 +52,8 @@ class BEiTBlock(keras.layers.Layer):
         dropout_rate: dropout after the attention output and after the MLP.
         attention_dropout_rate: dropout on the attention probabilities.
         layer_norm_epsilon: epsilon of both LayerNorms.
+        gradient_checkpointing: in training, recompute the block's
+            activations in the backward pass instead of storing them.
     """
 
     def __init__(
@@ -64,9 +66,11 @@ class BEiTBlock(keras.layers.Layer):
         dropout_rate=0.0,
         attention_dropout_rate=0.0,
         layer_norm_epsilon=1e-12,
+        gradient_checkpointing=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.gradient_checkpointing = gradient_checkpointing
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -108,6 +112,15 @@ class BEiTBlock(keras.layers.Layer):
         return x
 
     def call(self, inputs, bias=None, training=None, return_attention_scores=False):
+        # The flags stay Python values, closed over: remat traces only tensors.
+        def forward(inputs, bias):
+            return self._forward(inputs, bias, training, return_attention_scores)
+
+        if self.gradient_checkpointing and training:
+            forward = keras.remat(forward)
+        return forward(inputs, bias)
+
+    def _forward(self, inputs, bias, training, return_attention_scores):
         attended = self.attention(
             self.norm_before(inputs),
             bias=bias,
@@ -147,6 +160,7 @@ class BEiTBlock(keras.layers.Layer):
                 "dropout_rate": self.dropout_rate,
                 "attention_dropout_rate": self.attention_dropout_rate,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "gradient_checkpointing": self.gradient_checkpointing,
             }
         )
         return config

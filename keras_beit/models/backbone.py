@@ -49,6 +49,9 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
             the CLS token.
         window_size: (height, width) patch grid the position tables were
             trained on; defaults to the image_shape grid.
+        gradient_checkpointing: recompute each block's activations in the
+            backward pass instead of storing them (`keras.remat`), for large
+            models at 512 and 640.
         data_format: "channels_last" (default) or "channels_first".
         dtype: dtype policy.
     """
@@ -72,6 +75,7 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
         layer_norm_epsilon=1e-12,
         use_mean_pooling=True,
         window_size=None,
+        gradient_checkpointing=False,
         data_format=None,
         dtype=None,
         **kwargs,
@@ -137,6 +141,7 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
                 dropout_rate=dropout_rate,
                 attention_dropout_rate=attention_dropout_rate,
                 layer_norm_epsilon=layer_norm_epsilon,
+                gradient_checkpointing=gradient_checkpointing,
                 dtype=dtype,
                 name=f"block_{i}",
             )
@@ -173,6 +178,7 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_mean_pooling = use_mean_pooling
         self.window_size = window_size
+        self.gradient_checkpointing = gradient_checkpointing
         self.data_format = data_format
         self.pyramid_outputs = {
             ("stem" if i == 0 else f"stage{i}"): state for i, state in enumerate(hidden_states)
@@ -242,6 +248,7 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "use_mean_pooling": self.use_mean_pooling,
                 "window_size": self.window_size,
+                "gradient_checkpointing": self.gradient_checkpointing,
                 "data_format": self.data_format,
             }
         )
