@@ -5,7 +5,10 @@ from keras_beit.models import BEiTBackbone
 from keras_beit.models import BEiTImageClassifier
 from keras_beit.models import BEiTImageClassifierPreprocessor
 from keras_beit.models import BEiTImageConverter
+from keras_beit.models import BEiTImageSegmenter
+from keras_beit.models import BEiTImageSegmenterPreprocessor
 from keras_beit.models import BEiTMaskedImageModeler
+from keras_beit.models import BEiTSegmentationLoss
 from keras_beit.version import __version__
 
 # Registers the checkpoint formats with from_preset; after the models, which

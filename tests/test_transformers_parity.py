@@ -61,7 +61,8 @@ def test_backbone_hidden_states_match_beit_model(name, tmp_path):
     config = CONFIGS[name]
     reference = save_model(transformers.BeitModel, tmp_path, **config)
     backbone = keras_beit.BEiTBackbone.from_preset(str(tmp_path), image_shape=(None, None, 3))
-    tap = keras.Model(backbone.input, [backbone.output] + list(backbone.pyramid_outputs.values()))
+    sequence, hidden_states = backbone.encode(backbone.input)
+    tap = keras.Model(backbone.input, [sequence] + hidden_states)
     for size in (None, _second_size(config)):
         images = _images(config, size)
         expected = run(reference, images, output_hidden_states=True)

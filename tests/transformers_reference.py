@@ -30,8 +30,13 @@ def randomize(model, seed=0):
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if param.ndim == 1 and ("layernorm" in name or "norm" in name) and name.endswith("weight"):
+            if param.ndim == 1 and ("norm" in name or ".bn." in name or "fpn1.1" in name) and name.endswith("weight"):
                 param.copy_(1.0 + 0.2 * noise)
+            elif param.ndim >= 2 and "relative_position_bias_table" not in name and "token" not in name \
+                    and "position_embeddings" not in name:
+                # Matrices and kernels at about unit gain, so deep heads keep O(1) activations.
+                fan_in = param[0].numel() if "fpn" not in name else param.shape[0] * param[0, 0].numel()
+                param.copy_(noise / fan_in**0.5)
             else:
                 param.copy_(0.3 * noise)
         for name, buffer in model.named_buffers():

@@ -6,6 +6,7 @@ variables. Only file keys are used, never a live transformers model.
 """
 
 import os
+import re
 
 from keras_hub.src.utils.preset_utils import PresetLoader
 from keras_hub.src.utils.preset_utils import check_file_exists
@@ -17,20 +18,58 @@ from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import linear
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_classifier import BEiTImageClassifier
+from keras_beit.models.image_segmenter import BEiTImageSegmenter
 from keras_beit.models.masked_image_modeler import BEiTMaskedImageModeler
+from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
 from keras_beit.models.preset_loading import register_preset_loader
 
 MODEL_TYPES = ("beit", "data2vec-vision")
 # Buffers that the model recomputes; old checkpoints store them.
 SKIPPED_KEYS = (r"relative_position_index$", r"num_batches_tracked$")
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+# transformers 5 writes data2vec-vision's segmentation heads under their new module
+# names; BEiT files (and the hub's) use mmseg's. Renamed to mmseg's on read.
+_HEAD_RENAMES = (
+    (re.compile(r"^decode_head\.psp_modules\.blocks\.(\d+)\.conv\."), r"decode_head.psp_modules.\1.1."),
+    (re.compile(r"^decode_head\.psp_bottleneck\."), "decode_head.bottleneck."),
+    (re.compile(r"\.convolution\.weight$"), ".conv.weight"),
+    (re.compile(r"\.normalization\."), ".bn."),
+)
+
+
+def mmseg_names(state):
+    """The state dict with segmentation-head keys in mmseg's naming."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(("decode_head.", "auxiliary_head.")):
+            for pattern, replacement in _HEAD_RENAMES:
+                key = pattern.sub(replacement, key)
+        renamed[key] = value
+    return renamed
 
 
 def _pair(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def convert_backbone_config(config):
+TAP_POINTS = ("original", "transformers")
+
+
+def _segmentation_out_indices(config, tap_points):
+    """Our 0-based tapped blocks for a BeitForSemanticSegmentation config.
+
+    transformers takes hidden_states[i - 1] (the output of block i - 2) for
+    each i in out_indices; the original code, which trained the official
+    weights, takes the output of block i. "original" keeps the numbers as
+    the original meant them; "transformers" reproduces transformers exactly.
+    """
+    if tap_points not in TAP_POINTS:
+        raise ValueError(f"tap_points must be one of {TAP_POINTS}; received {tap_points!r}.")
+    indices = config.get("out_indices") or config.get("segmentation_indices") or [3, 5, 7, 11]
+    return tuple(i - 2 if tap_points == "transformers" else i for i in indices)
+
+
+def convert_backbone_config(config, tap_points="original"):
     """BEiTBackbone arguments from a transformers BeitConfig dict."""
     if config.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"Only the exact GELU is supported; the config has {config['hidden_act']!r}.")
@@ -56,7 +95,21 @@ def convert_backbone_config(config):
         "layer_norm_epsilon": config.get("layer_norm_eps", 1e-12),
         "use_mean_pooling": config.get("use_mean_pooling", True),
         "window_size": (height // patch_size, width // patch_size),
+        **_pyramid_config(config, tap_points),
     }
+
+
+def _pyramid_config(config, tap_points):
+    architecture = (config.get("architectures") or [""])[0]
+    if architecture.endswith("ForSemanticSegmentation"):
+        return {"out_indices": _segmentation_out_indices(config, tap_points), "use_fpn": True}
+    if architecture == "BeitBackbone" and config.get("out_indices"):
+        # BeitBackbone's stage i is hidden_states[i], the output of block i - 1.
+        return {
+            "out_indices": tuple(i - 1 for i in config["out_indices"]),
+            "use_fpn": bool(config.get("add_fpn", False)),
+        }
+    return {}
 
 
 def _dense(layer, key, bias=True):
@@ -68,6 +121,52 @@ def _dense(layer, key, bias=True):
 def _norm(layer, key):
     yield layer.gamma, f"{key}.weight", None
     yield layer.beta, f"{key}.bias", None
+
+
+def _batch_norm(layer, key):
+    yield from _norm(layer, key)
+    yield layer.moving_mean, f"{key}.running_mean", None
+    yield layer.moving_variance, f"{key}.running_var", None
+
+
+def _conv(layer, key):
+    yield layer.kernel, f"{key}.weight", conv
+    if layer.use_bias:
+        yield layer.bias, f"{key}.bias", None
+
+
+def _conv_module(block, key):
+    """mmseg's ConvModule ({key}.conv, {key}.bn) onto a ConvBNReLU."""
+    yield from _conv(block.conv, f"{key}.conv")
+    yield from _batch_norm(block.norm, f"{key}.bn")
+
+
+def fpn_weights(fpn):
+    # ConvTranspose2d stores (in, out, kh, kw); Keras wants (kh, kw, out, in): the same transpose.
+    yield from _conv(fpn.fpn1_conv1, "fpn1.0")
+    yield from _batch_norm(fpn.fpn1_norm, "fpn1.1")
+    yield from _conv(fpn.fpn1_conv2, "fpn1.3")
+    yield from _conv(fpn.fpn2_conv, "fpn2.0")
+
+
+def segmentation_head_weights(task):
+    decode = task.decode_head
+    for j, block in enumerate(decode.psp_convs):
+        yield from _conv_module(block, f"decode_head.psp_modules.{j}.1")
+    yield from _conv_module(decode.bottleneck, "decode_head.bottleneck")
+    for j, block in enumerate(decode.lateral_convs):
+        yield from _conv_module(block, f"decode_head.lateral_convs.{j}")
+    for j, block in enumerate(decode.fpn_convs):
+        yield from _conv_module(block, f"decode_head.fpn_convs.{j}")
+    yield from _conv_module(decode.fpn_bottleneck, "decode_head.fpn_bottleneck")
+    yield from _conv(decode.classifier, "decode_head.classifier")
+    if task.auxiliary_head is not None:
+        auxiliary = task.auxiliary_head
+        for k, block in enumerate(auxiliary.convs):
+            yield from _conv_module(block, f"auxiliary_head.convs.{k}")
+        if auxiliary.conv_cat is not None:
+            yield from _conv_module(auxiliary.conv_cat, "auxiliary_head.conv_cat")
+        yield from _conv(auxiliary.classifier, "auxiliary_head.classifier")
 
 
 def backbone_weights(backbone, prefix):
@@ -109,6 +208,8 @@ def backbone_weights(backbone, prefix):
         yield from _dense(block.fc2, f"{layer}.output.dense")
     if backbone.final_norm is not None:
         yield from _norm(backbone.final_norm, f"{prefix}layernorm")
+    if backbone.fpn is not None:
+        yield from fpn_weights(backbone.fpn)
 
 
 def head_weights(task, prefix):
@@ -120,6 +221,8 @@ def head_weights(task, prefix):
     elif isinstance(task, BEiTMaskedImageModeler):
         yield from _norm(task.norm, "layernorm")
         yield from _dense(task.lm_head, "lm_head")
+    elif isinstance(task, BEiTImageSegmenter):
+        yield from segmentation_head_weights(task)
     else:
         raise ValueError(f"No transformers head mapping for {type(task).__name__}.")
 
@@ -135,7 +238,12 @@ def key_prefix(state):
 _HEAD_FOR_ARCHITECTURE = {
     "ForImageClassification": BEiTImageClassifier,
     "ForMaskedImageModeling": BEiTMaskedImageModeler,
+    "ForSemanticSegmentation": BEiTImageSegmenter,
 }
+_BACKBONE_ARGUMENTS = (
+    "image_shape", "dtype", "window_size", "out_indices", "use_fpn", "gradient_checkpointing",
+    "drop_path_rate", "dropout_rate", "attention_dropout_rate", "layer_scale_init_value",
+)
 
 
 class TransformersLoader(PresetLoader):
@@ -144,11 +252,16 @@ class TransformersLoader(PresetLoader):
     def __init__(self, preset, config):
         super().__init__(preset, config)
         self._state = None
+        self.tap_points = "original"
+
+    def get_backbone_kwargs(self, **kwargs):
+        backbone_kwargs = {k: kwargs.pop(k) for k in _BACKBONE_ARGUMENTS if k in kwargs}
+        return backbone_kwargs, kwargs
 
     @property
     def state(self):
         if self._state is None:
-            self._state = read_state_dict(self.preset)
+            self._state = mmseg_names(read_state_dict(self.preset))
         return self._state
 
     @property
@@ -166,7 +279,8 @@ class TransformersLoader(PresetLoader):
         return BEiTBackbone
 
     def load_backbone(self, cls, load_weights, **kwargs):
-        backbone = cls(**{**convert_backbone_config(self.config), **kwargs})
+        self.tap_points = kwargs.pop("tap_points", self.tap_points)
+        backbone = cls(**{**convert_backbone_config(self.config, self.tap_points), **kwargs})
         if load_weights:
             prefix = key_prefix(self.state)
             # Keys outside the base model (heads, the pooler) are not ours to load here.
@@ -180,6 +294,7 @@ class TransformersLoader(PresetLoader):
         return backbone
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        self.tap_points = kwargs.pop("tap_points", self.tap_points)
         checkpoint_task = self.checkpoint_task()
         has_head = checkpoint_task is not None and issubclass(cls, checkpoint_task)
         if has_head and load_task_weights:
@@ -187,6 +302,9 @@ class TransformersLoader(PresetLoader):
                 kwargs.setdefault("num_classes", self.config.get("num_labels") or len(self.config["id2label"]))
             if issubclass(cls, BEiTMaskedImageModeler):
                 kwargs.setdefault("vocabulary_size", self.config.get("vocab_size", 8192))
+            if issubclass(cls, BEiTImageSegmenter):
+                for key, value in segmenter_config(self.config).items():
+                    kwargs.setdefault(key, value)
         elif issubclass(cls, BEiTImageClassifier) and "num_classes" not in kwargs:
             raise ValueError(
                 f"{self.preset} is a {self.architecture or 'base model'} checkpoint "
@@ -204,6 +322,16 @@ class TransformersLoader(PresetLoader):
                 assign(pairs, self.state, skip=SKIPPED_KEYS, allow_unused=rf"{outside}|^{prefix}pooler\.")
         return task
 
+    def load_preprocessor(self, cls, config_file=None, **kwargs):
+        if issubclass(cls, BEiTImageSegmenterPreprocessor) and check_file_exists(
+            self.preset, "preprocessor_config.json"
+        ):
+            processor = load_json(self.preset, "preprocessor_config.json")
+            # 4.x configs wrote "reduce_labels"; 5.x writes "do_reduce_labels".
+            reduce = processor.get("do_reduce_labels", processor.get("reduce_labels", False))
+            kwargs.setdefault("reduce_labels", reduce)
+        return super().load_preprocessor(cls, **kwargs)
+
     def load_image_converter(self, cls, **kwargs):
         if check_file_exists(self.preset, "preprocessor_config.json"):
             config = image_converter_config(load_json(self.preset, "preprocessor_config.json"))
@@ -211,6 +339,20 @@ class TransformersLoader(PresetLoader):
             # No processor saved: the official processors' settings at the model's size.
             config = {"image_size": _pair(self.config.get("image_size", 224))}
         return cls(**{**config, **kwargs})
+
+
+def segmenter_config(config):
+    """BEiTImageSegmenter arguments from a BeitConfig dict."""
+    return {
+        "num_classes": config.get("num_labels") or len(config["id2label"]),
+        "pool_scales": tuple(config.get("pool_scales", (1, 2, 3, 6))),
+        "use_auxiliary_head": config.get("use_auxiliary_head", True),
+        "auxiliary_channels": config.get("auxiliary_channels", 256),
+        "auxiliary_num_convs": config.get("auxiliary_num_convs", 1),
+        "auxiliary_concat_input": config.get("auxiliary_concat_input", False),
+        "auxiliary_loss_weight": config.get("auxiliary_loss_weight", 0.4),
+        "ignore_index": config.get("semantic_loss_ignore_index", 255),
+    }
 
 
 def image_converter_config(processor):

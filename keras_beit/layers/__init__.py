@@ -7,3 +7,9 @@ from keras_beit.layers.patch_embedding import BEiTPatchEmbedding
 from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias
 from keras_beit.layers.relative_position_bias import relative_position_index
 from keras_beit.layers.pooler import BEiTPooler
+from keras_beit.layers.feature_map import TokensToFeatureMap
+from keras_beit.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from keras_beit.layers.fpn import BEiTFPNNeck
+from keras_beit.layers.upernet import BEiTFCNHead
+from keras_beit.layers.upernet import BEiTUperNetHead
+from keras_beit.layers.upernet import ConvBNReLU

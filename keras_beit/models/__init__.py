@@ -3,3 +3,6 @@ from keras_beit.models.image_classifier import BEiTImageClassifier
 from keras_beit.models.image_converter import BEiTImageConverter
 from keras_beit.models.masked_image_modeler import BEiTMaskedImageModeler
 from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor
+from keras_beit.models.image_segmenter import BEiTImageSegmenter
+from keras_beit.models.image_segmenter import BEiTSegmentationLoss
+from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor

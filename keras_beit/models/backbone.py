@@ -5,6 +5,8 @@ from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.keras_utils import standardize_data_format
 
 from keras_beit.layers.block import BEiTBlock
+from keras_beit.layers.feature_map import TokensToFeatureMap
+from keras_beit.layers.fpn import BEiTFPNNeck
 from keras_beit.layers.patch_embedding import BEiTPatchEmbedding
 from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias
 from keras_beit.models.preset_loading import PresetLoadingMixin
@@ -22,8 +24,20 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
     `(batch, 1 + patches, hidden_dim)` comes out, CLS token first. Height and
     width may be None: any size that `patch_size` divides runs, with the
     relative position bias and absolute position embeddings resized to the
-    input's patch grid. `pyramid_outputs` holds the embedding output
-    ("stem") and every block's output ("stage1" ... "stageL").
+    input's patch grid.
+
+    `pyramid_outputs` holds feature maps `(batch, h, w, hidden_dim)` (CLS
+    dropped) of the blocks in `out_indices`, keyed "stage{i + 1}" for block i
+    ("stem" for the embedding output, index -1). With `use_fpn`, four tapped
+    maps go through the FPN neck instead and come out as "P2" ... "P5", at
+    strides patch_size / 4, / 2, x 1 and x 2 (4, 8, 16, 32 for patch 16).
+    `encode()` returns the token sequences of every block.
+
+    Tap points: out_indices count blocks from 0 and take each block's
+    output, as the original BEiT segmentation code (and the official ADE20K
+    weights) do. transformers' BeitForSemanticSegmentation takes
+    `hidden_states[i - 1]` (block i - 2) and BeitBackbone `hidden_states[i]`
+    (block i - 1) for the same numbers; the transformers loader translates.
 
     Args:
         image_shape: input shape; height and width may be None.
@@ -49,6 +63,9 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
             the CLS token.
         window_size: (height, width) patch grid the position tables were
             trained on; defaults to the image_shape grid.
+        out_indices: 0-based blocks whose outputs form `pyramid_outputs`
+            (-1 is the embedding output); default every block.
+        use_fpn: pass four tapped maps through the FPN neck (segmentation).
         gradient_checkpointing: recompute each block's activations in the
             backward pass instead of storing them (`keras.remat`), for large
             models at 512 and 640.
@@ -75,6 +92,8 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
         layer_norm_epsilon=1e-12,
         use_mean_pooling=True,
         window_size=None,
+        out_indices=None,
+        use_fpn=False,
         gradient_checkpointing=False,
         data_format=None,
         dtype=None,
@@ -97,6 +116,14 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
                 )
             window_size = (height // patch_size, width // patch_size)
         window_size = tuple(int(s) for s in window_size)
+        out_indices = tuple(range(num_layers)) if out_indices is None else tuple(out_indices)
+        bad = [i for i in out_indices if not -1 <= i < num_layers]
+        if bad:
+            raise ValueError(
+                f"out_indices must be block indices in [-1, {num_layers}); received {bad}."
+            )
+        if use_fpn and len(out_indices) != 4:
+            raise ValueError(f"use_fpn needs exactly 4 out_indices; received {out_indices}.")
         num_channels = image_shape[-1] if data_format == "channels_last" else image_shape[0]
 
         # === Layers ===
@@ -155,9 +182,20 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
             )
         )
 
+        self.to_feature_map = TokensToFeatureMap(
+            patch_size, data_format=data_format, dtype=dtype, name="to_feature_map"
+        )
+        self.fpn = BEiTFPNNeck(hidden_dim, dtype=dtype, name="fpn") if use_fpn else None
+
         # === Functional model ===
         images = keras.layers.Input(shape=image_shape, name="images")
         sequence, hidden_states = self.encode(images)
+        maps = [self.to_feature_map(hidden_states[i + 1], images) for i in out_indices]
+        if self.fpn is not None:
+            pyramid_outputs = dict(zip(("P2", "P3", "P4", "P5"), self.fpn(maps)))
+        else:
+            names = ["stem" if i == -1 else f"stage{i + 1}" for i in out_indices]
+            pyramid_outputs = dict(zip(names, maps))
         super().__init__(inputs=images, outputs=sequence, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -178,11 +216,11 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_mean_pooling = use_mean_pooling
         self.window_size = window_size
+        self.out_indices = out_indices
+        self.use_fpn = use_fpn
         self.gradient_checkpointing = gradient_checkpointing
         self.data_format = data_format
-        self.pyramid_outputs = {
-            ("stem" if i == 0 else f"stage{i}"): state for i, state in enumerate(hidden_states)
-        }
+        self.pyramid_outputs = pyramid_outputs
 
     def encode(self, images, masked_patches=None, training=None, return_attention_scores=False):
         """Runs the backbone's layers; returns (sequence, hidden states).
@@ -248,6 +286,8 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "use_mean_pooling": self.use_mean_pooling,
                 "window_size": self.window_size,
+                "out_indices": self.out_indices,
+                "use_fpn": self.use_fpn,
                 "gradient_checkpointing": self.gradient_checkpointing,
                 "data_format": self.data_format,
             }

@@ -2,6 +2,7 @@
 
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
+from keras_hub.models import ImageSegmenterPreprocessor
 
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_converter import BEiTImageConverter
@@ -14,3 +15,52 @@ class BEiTImageClassifierPreprocessor(PresetLoadingMixin, ImageClassifierPreproc
 
     backbone_cls = BEiTBackbone
     image_converter_cls = BEiTImageConverter
+
+
+def reduce_labels(labels):
+    """ADE20K's label reduction: 0 (background) becomes 255, k becomes k - 1.
+
+    255 stays 255. Written with arithmetic operators only, so it runs on
+    numpy arrays and on the tf tensors of a tf.data pipeline alike.
+    """
+    shifted = (labels + 255) % 256  # 0 -> 255, k -> k - 1, 255 -> 254
+    return shifted + (shifted // 254) * (1 - shifted // 255)  # 254 -> 255
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTImageSegmenterPreprocessor(PresetLoadingMixin, ImageSegmenterPreprocessor):
+    """Images through a BEiTImageConverter, segmentation maps alongside.
+
+    Maps `(batch, H, W)` or `(batch, H, W, 1)` are resized to the converter's
+    size with nearest neighbour, never interpolated, and keep their integer
+    values. `reduce_labels` applies ADE20K's reduction (0 becomes the ignore
+    value 255, every other class shifts down by one) before resizing.
+    """
+
+    backbone_cls = BEiTBackbone
+    image_converter_cls = BEiTImageConverter
+
+    def __init__(self, image_converter=None, reduce_labels=False, **kwargs):
+        kwargs.setdefault("resize_output_mask", True)
+        super().__init__(image_converter=image_converter, **kwargs)
+        self.reduce_labels = reduce_labels
+
+    def call(self, x, y=None, sample_weight=None):
+        if y is not None:
+            if self.reduce_labels:
+                y = reduce_labels(y)
+            if len(y.shape) == 3:
+                y = y[..., None]
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            super().call(x, y=y, sample_weight=sample_weight)
+        )
+        if y is not None:
+            y = y[..., 0]
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"reduce_labels": self.reduce_labels, "resize_output_mask": self.resize_output_mask}
+        )
+        return config

@@ -1,0 +1,49 @@
+"""The FPN neck that turns four same-stride ViT maps into a 4-level pyramid."""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTFPNNeck(keras.layers.Layer):
+    """Four (B, h, w, D) maps to strides x4, x2, x1 and x1/2 of the patch grid.
+
+    Map 1: ConvTranspose(2, 2) - BatchNorm - GELU - ConvTranspose(2, 2);
+    map 2: ConvTranspose(2, 2); map 3: unchanged; map 4: 2 x 2 max pooling.
+    BatchNorm uses PyTorch's eps 1e-5 and momentum 0.1 (Keras momentum 0.9),
+    the GELU is exact, as in the original BEiT segmentation backbone.
+    """
+
+    def __init__(self, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        policy = dict(dtype=self.dtype_policy)
+        self.fpn1_conv1 = keras.layers.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv1", **policy)
+        self.fpn1_norm = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="fpn1_norm", **policy)
+        self.fpn1_conv2 = keras.layers.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv2", **policy)
+        self.fpn2_conv = keras.layers.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn2_conv", **policy)
+        self.fpn4_pool = keras.layers.MaxPooling2D(2, strides=2, name="fpn4_pool", **policy)
+
+    def build(self, maps_shape):
+        shape = tuple(maps_shape[0])
+        self.fpn1_conv1.build(shape)
+        doubled = self.fpn1_conv1.compute_output_shape(shape)
+        self.fpn1_norm.build(doubled)
+        self.fpn1_conv2.build(doubled)
+        self.fpn2_conv.build(shape)
+        self.built = True
+
+    def call(self, maps, training=None):
+        first, second, third, fourth = maps
+        first = self.fpn1_conv1(first)
+        first = keras.activations.gelu(self.fpn1_norm(first, training=training), approximate=False)
+        return [self.fpn1_conv2(first), self.fpn2_conv(second), third, self.fpn4_pool(fourth)]
+
+    def compute_output_shape(self, maps_shape):
+        def scaled(shape, factor):
+            spatial = [None if s is None else int(s * factor) for s in shape[1:3]]
+            return (shape[0], *spatial, shape[3])
+
+        return [scaled(tuple(s), f) for s, f in zip(maps_shape, (4, 2, 1, 0.5))]
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_dim": self.hidden_dim}

@@ -1,0 +1,166 @@
+"""UperNet decode head and FCN auxiliary head, as mmseg and transformers build them."""
+
+import keras
+from keras import ops
+
+from keras_beit.layers.adaptive_pooling import AdaptiveAveragePooling2D
+
+
+def resize_bilinear(x, size):
+    """PyTorch's bilinear `interpolate` (align_corners False) to a static size."""
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class ConvBNReLU(keras.layers.Layer):
+    """Conv2D without bias, BatchNorm (PyTorch eps 1e-5, momentum 0.1), ReLU."""
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        policy = dict(dtype=self.dtype_policy)
+        self.conv = keras.layers.Conv2D(
+            filters, kernel_size, padding="same", use_bias=False, name="conv", **policy
+        )
+        self.norm = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="norm", **policy)
+
+    def build(self, inputs_shape):
+        self.conv.build(inputs_shape)
+        self.norm.build(self.conv.compute_output_shape(inputs_shape))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return ops.relu(self.norm(self.conv(inputs), training=training))
+
+    def compute_output_shape(self, inputs_shape):
+        return self.conv.compute_output_shape(inputs_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTUperNetHead(keras.layers.Layer):
+    """UperNet over a 4-level pyramid: logits at the finest level's size.
+
+    Pyramid pooling (PSP) on the coarsest level, with PyTorch's adaptive
+    average-pool bins; 1x1 lateral convs on the other three; a top-down
+    pathway of bilinear upsampling and addition; 3x3 FPN convs; every level
+    upsampled to the finest and fused by a 3x3 bottleneck; a 1x1 classifier.
+    """
+
+    def __init__(self, channels, num_classes, pool_scales=(1, 2, 3, 6), **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.num_classes = num_classes
+        self.pool_scales = tuple(pool_scales)
+        policy = dict(dtype=self.dtype_policy)
+        self.psp_pools = [
+            AdaptiveAveragePooling2D(s, name=f"psp_pool_{j}", **policy) for j, s in enumerate(self.pool_scales)
+        ]
+        self.psp_convs = [ConvBNReLU(channels, 1, name=f"psp_conv_{j}", **policy) for j in range(len(self.pool_scales))]
+        self.bottleneck = ConvBNReLU(channels, 3, name="bottleneck", **policy)
+        self.lateral_convs = [ConvBNReLU(channels, 1, name=f"lateral_conv_{j}", **policy) for j in range(3)]
+        self.fpn_convs = [ConvBNReLU(channels, 3, name=f"fpn_conv_{j}", **policy) for j in range(3)]
+        self.fpn_bottleneck = ConvBNReLU(channels, 3, name="fpn_bottleneck", **policy)
+        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier", **policy)
+
+    def build(self, maps_shape):
+        maps_shape = [tuple(s) for s in maps_shape]
+        in_channels = maps_shape[3][-1]
+        for pool, conv in zip(self.psp_pools, self.psp_convs):
+            conv.build(pool.compute_output_shape(maps_shape[3]))
+        stacked = maps_shape[3][:3] + (in_channels + len(self.pool_scales) * self.channels,)
+        self.bottleneck.build(stacked)
+        for j, conv in enumerate(self.lateral_convs):
+            conv.build(maps_shape[j])
+        for j, conv in enumerate(self.fpn_convs):
+            conv.build(maps_shape[j][:3] + (self.channels,))
+        self.fpn_bottleneck.build(maps_shape[0][:3] + (4 * self.channels,))
+        self.classifier.build(maps_shape[0][:3] + (self.channels,))
+        self.built = True
+
+    def _pyramid_pooling(self, x, training):
+        size = x.shape[1:3]
+        pooled = [
+            resize_bilinear(conv(pool(x), training=training), size)
+            for pool, conv in zip(self.psp_pools, self.psp_convs)
+        ]
+        return self.bottleneck(ops.concatenate([x] + pooled, axis=-1), training=training)
+
+    def call(self, maps, training=None):
+        laterals = [conv(m, training=training) for conv, m in zip(self.lateral_convs, maps[:3])]
+        laterals.append(self._pyramid_pooling(maps[3], training))
+        for i in (3, 2, 1):
+            laterals[i - 1] = laterals[i - 1] + resize_bilinear(laterals[i], laterals[i - 1].shape[1:3])
+        outputs = [conv(lateral, training=training) for conv, lateral in zip(self.fpn_convs, laterals[:3])]
+        outputs.append(laterals[3])
+        size = outputs[0].shape[1:3]
+        fused = ops.concatenate([outputs[0]] + [resize_bilinear(o, size) for o in outputs[1:]], axis=-1)
+        return self.classifier(self.fpn_bottleneck(fused, training=training))
+
+    def compute_output_shape(self, maps_shape):
+        return tuple(maps_shape[0][:3]) + (self.num_classes,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"channels": self.channels, "num_classes": self.num_classes, "pool_scales": self.pool_scales}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTFCNHead(keras.layers.Layer):
+    """The FCN auxiliary head: `num_convs` 3x3 conv blocks, optional input concat, 1x1 classifier."""
+
+    def __init__(self, in_channels, num_classes, channels=256, num_convs=1, concat_input=False, **kwargs):
+        super().__init__(**kwargs)
+        if num_convs == 0 and channels != in_channels:
+            raise ValueError(f"With num_convs=0, channels ({channels}) must equal in_channels ({in_channels}).")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.channels = channels
+        self.num_convs = num_convs
+        self.concat_input = concat_input
+        policy = dict(dtype=self.dtype_policy)
+        self.convs = [ConvBNReLU(channels, 3, name=f"conv_{k}", **policy) for k in range(num_convs)]
+        self.conv_cat = ConvBNReLU(channels, 3, name="conv_cat", **policy) if concat_input else None
+        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier", **policy)
+
+    def build(self, inputs_shape):
+        shape = tuple(inputs_shape)
+        for conv in self.convs:
+            conv.build(shape)
+            shape = shape[:3] + (self.channels,)
+        if self.conv_cat is not None:
+            self.conv_cat.build(shape[:3] + (self.in_channels + self.channels,))
+        self.classifier.build(shape[:3] + (self.channels,))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for conv in self.convs:
+            x = conv(x, training=training)
+        if self.conv_cat is not None:
+            x = self.conv_cat(ops.concatenate([inputs, x], axis=-1), training=training)
+        return self.classifier(x)
+
+    def compute_output_shape(self, inputs_shape):
+        return tuple(inputs_shape[:3]) + (self.num_classes,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "in_channels": self.in_channels,
+                "num_classes": self.num_classes,
+                "channels": self.channels,
+                "num_convs": self.num_convs,
+                "concat_input": self.concat_input,
+            }
+        )
+        return config

@@ -1,0 +1,219 @@
+"""BEiTImageSegmenter: FPN features, UperNet decode head and FCN auxiliary head."""
+
+import keras
+from keras import ops
+from keras_hub.models import ImageSegmenter
+from keras_hub.models import Task
+
+from keras_beit.layers.upernet import BEiTFCNHead
+from keras_beit.layers.upernet import BEiTUperNetHead
+from keras_beit.models.backbone import BEiTBackbone
+from keras_beit.models.label_checks import validated_labels
+from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
+from keras_beit.models.preset_loading import PresetLoadingMixin
+
+
+def _as_label_map(labels):
+    if len(labels.shape) == 4:
+        labels = labels[..., 0]
+    return ops.cast(labels, "int32")
+
+
+def upsample_logits(logits, size):
+    """Bilinear resize of (B, h, w, C) logits to `size`, align_corners False."""
+    if tuple(logits.shape[1:3]) == tuple(size):
+        return logits
+    return ops.image.resize(logits, size, interpolation="bilinear", antialias=False)
+
+
+def segmentation_cross_entropy(labels, logits, ignore_index=255):
+    """Mean cross-entropy over non-ignored pixels, logits upsampled to the labels.
+
+    The same arithmetic as transformers' ForSemanticSegmentationLoss.
+    """
+    labels = _as_label_map(labels)
+    logits = ops.cast(upsample_logits(logits, labels.shape[1:3]), "float32")
+    valid = ops.not_equal(labels, ignore_index)
+    safe_labels = ops.where(valid, labels, 0)
+    per_pixel = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
+    valid = ops.cast(valid, "float32")
+    return ops.sum(per_pixel * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTSegmentationLoss(keras.losses.Loss):
+    """Pixel cross-entropy that ignores `ignore_index`, on upsampled logits."""
+
+    def __init__(self, ignore_index=255, name="segmentation_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore_index = ignore_index
+
+    def call(self, y_true, y_pred):
+        return segmentation_cross_entropy(y_true, y_pred, self.ignore_index)
+
+    def get_config(self):
+        return {**super().get_config(), "ignore_index": self.ignore_index}
+
+
+@keras.saving.register_keras_serializable(package="keras_beit")
+class BEiTImageSegmenter(PresetLoadingMixin, ImageSegmenter):
+    """Semantic segmentation with BEiT, UperNet and an FCN auxiliary head.
+
+    The backbone's FPN pyramid (strides 4 to 32) feeds a UperNet decode head
+    (PSP pooling at `pool_scales` with PyTorch's overlapping adaptive-pool
+    bins, lateral and FPN convs, a fused bottleneck, a 1x1 classifier), as in
+    the original BEiT ADE20K models and transformers'
+    BeitForSemanticSegmentation. Logits come out at 1/4 of the input size,
+    `(batch, H/4, W/4, num_classes)`; `post_process` upsamples them.
+
+    In training the output also carries the auxiliary FCN head's logits
+    (on the third pyramid level), and the loss adds `auxiliary_loss_weight`
+    times its cross-entropy. Labels are class maps `(batch, H, W)`;
+    `ignore_index` pixels count for nothing. `compile()` with no arguments
+    uses Adam(5e-5), that loss and a mean-IoU metric that ignores
+    `ignore_index`.
+
+    Args:
+        backbone: a `BEiTBackbone` with `use_fpn=True` and four out_indices.
+        num_classes: number of classes.
+        preprocessor: a `BEiTImageSegmenterPreprocessor` or None.
+        pool_scales: PSP output sizes.
+        use_auxiliary_head: build the FCN auxiliary head.
+        auxiliary_channels: width of the auxiliary head's convs.
+        auxiliary_num_convs: 3x3 conv blocks in the auxiliary head.
+        auxiliary_concat_input: concatenate the head's input before its classifier.
+        auxiliary_loss_weight: weight of the auxiliary loss in training.
+        ignore_index: label value that is ignored by the loss and metric.
+    """
+
+    backbone_cls = BEiTBackbone
+    preprocessor_cls = BEiTImageSegmenterPreprocessor
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        preprocessor=None,
+        pool_scales=(1, 2, 3, 6),
+        use_auxiliary_head=True,
+        auxiliary_channels=256,
+        auxiliary_num_convs=1,
+        auxiliary_concat_input=False,
+        auxiliary_loss_weight=0.4,
+        ignore_index=255,
+        **kwargs,
+    ):
+        if not backbone.use_fpn:
+            raise ValueError(
+                "BEiTImageSegmenter needs a backbone built with use_fpn=True and four out_indices."
+            )
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        policy = backbone.dtype_policy
+        self.feature_extractor = keras.Model(backbone.inputs, list(backbone.pyramid_outputs.values()))
+        self.decode_head = BEiTUperNetHead(
+            backbone.hidden_dim, num_classes, pool_scales=pool_scales, dtype=policy, name="decode_head"
+        )
+        self.auxiliary_head = None
+        if use_auxiliary_head:
+            self.auxiliary_head = BEiTFCNHead(
+                backbone.hidden_dim,
+                num_classes,
+                channels=auxiliary_channels,
+                num_convs=auxiliary_num_convs,
+                concat_input=auxiliary_concat_input,
+                dtype=policy,
+                name="auxiliary_head",
+            )
+
+        # Read by compile(), which Task.__init__ calls.
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+
+        # === Functional model ===
+        inputs = backbone.input
+        features = self.feature_extractor(inputs)
+        outputs = {"logits": self.decode_head(features)}
+        if self.auxiliary_head is not None:
+            outputs["auxiliary_logits"] = self.auxiliary_head(features[2])
+        Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.pool_scales = tuple(pool_scales)
+        self.use_auxiliary_head = use_auxiliary_head
+        self.auxiliary_channels = auxiliary_channels
+        self.auxiliary_num_convs = auxiliary_num_convs
+        self.auxiliary_concat_input = auxiliary_concat_input
+        self.auxiliary_loss_weight = auxiliary_loss_weight
+
+    def call(self, inputs, training=None, return_auxiliary=None):
+        """Logits; in training (or with `return_auxiliary`) a dict that adds
+        "auxiliary_logits", which serve the training loss only."""
+        outputs = super().call(inputs, training=training)
+        if not isinstance(outputs, dict):
+            return outputs
+        if return_auxiliary is None:
+            return_auxiliary = bool(training)
+        return outputs if return_auxiliary else outputs["logits"]
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """Adam(5e-5), `BEiTSegmentationLoss` and mean IoU by default, all ignoring `ignore_index`."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(5e-5)
+        if loss == "auto":
+            loss = BEiTSegmentationLoss(self.ignore_index)
+        if metrics == "auto":
+            metrics = [
+                keras.metrics.MeanIoU(
+                    self.num_classes, ignore_class=self.ignore_index, sparse_y_pred=False, name="mean_iou"
+                )
+            ]
+        Task.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        y = validated_labels(y, self.num_classes, ignore_index=self.ignore_index)
+        return super().preprocess_samples(x, y, sample_weight)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        auxiliary = None
+        if isinstance(y_pred, dict):
+            y_pred, auxiliary = y_pred["logits"], y_pred.get("auxiliary_logits")
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        if auxiliary is not None and training:
+            loss = loss + self.auxiliary_loss_weight * segmentation_cross_entropy(
+                y, auxiliary, self.ignore_index
+            )
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict):
+            y_pred = y_pred["logits"]
+        labels = _as_label_map(y)
+        return super().compute_metrics(
+            x, labels, upsample_logits(y_pred, labels.shape[1:3]), sample_weight
+        )
+
+    def post_process(self, logits, target_size=None):
+        """Label maps `(batch, height, width)` from logits, like transformers'
+        `post_process_semantic_segmentation`: bilinear upsampling to
+        `target_size` (when given), then the arg-max class."""
+        if target_size is not None:
+            logits = upsample_logits(ops.convert_to_tensor(logits), tuple(target_size))
+        return ops.argmax(logits, axis=-1)
+
+    def get_config(self):
+        config = Task.get_config(self)
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "pool_scales": self.pool_scales,
+                "use_auxiliary_head": self.use_auxiliary_head,
+                "auxiliary_channels": self.auxiliary_channels,
+                "auxiliary_num_convs": self.auxiliary_num_convs,
+                "auxiliary_concat_input": self.auxiliary_concat_input,
+                "auxiliary_loss_weight": self.auxiliary_loss_weight,
+                "ignore_index": self.ignore_index,
+            }
+        )
+        return config
