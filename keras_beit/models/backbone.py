@@ -253,6 +253,29 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
             return x, hidden_states, attention_scores
         return x, hidden_states
 
+    @staticmethod
+    def get_layout_map(device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"):
+        """A `keras.distribution.LayoutMap` sharding the blocks' weights (Megatron style).
+
+        Query, key, value and the first MLP layer are split by output
+        columns over the model axis, the attention output and the second
+        MLP layer by input rows, so each block needs one reduction per
+        sub-layer. Everything else is replicated. Use it with
+        `keras.distribution.ModelParallel` (jax backend).
+        """
+        for name in (model_parallel_dim_name, data_parallel_dim_name):
+            if name not in device_mesh.axis_names:
+                raise ValueError(f"{name!r} is not an axis of the device mesh {device_mesh.axis_names}.")
+        model, data = model_parallel_dim_name, data_parallel_dim_name
+        layout_map = keras.distribution.LayoutMap(device_mesh)
+        layout_map[r"block_\d+/attention/(query|key|value)/kernel"] = (data, model)
+        layout_map[r"block_\d+/attention/(query|value)/bias"] = (model,)
+        layout_map[r"block_\d+/attention/output_dense/kernel"] = (model, data)
+        layout_map[r"block_\d+/fc1/kernel"] = (data, model)
+        layout_map[r"block_\d+/fc1/bias"] = (model,)
+        layout_map[r"block_\d+/fc2/kernel"] = (model, data)
+        return layout_map
+
     def enable_lora(self, rank, target_layer_names=None):
         """LoRA of `rank` on the attention query and value projections.
 
