@@ -23,6 +23,7 @@ from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_converter import BEiTImageConverter
 from keras_beit.models.preset_loading import get_preset_loader
 from keras_beit.models.preset_loading import register_preset_loader
+from keras_beit.presets import BUNDLED
 from keras_beit.presets import CATALOGUE
 
 HF_PREFIX = "hf://"
@@ -98,8 +99,15 @@ def _is_converted(directory):
     )
 
 
+def bundled_path(name):
+    """The directory of a preset shipped inside the package."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", name)
+
+
 def resolve(handle):
     """A converted, cached preset directory for a catalogue name or hf:// handle."""
+    if handle in BUNDLED:
+        return bundled_path(handle)
     if handle in CATALOGUE:
         sources = CATALOGUE[handle]["sources"]
         repo_id = sources.get("hf") or sources["timm"]
@@ -116,7 +124,7 @@ def resolve(handle):
 def catalogue_loader(preset):
     if not isinstance(preset, str):
         return None
-    if preset not in CATALOGUE and not preset.startswith(HF_PREFIX):
+    if preset not in CATALOGUE and preset not in BUNDLED and not preset.startswith(HF_PREFIX):
         return None
     if preset.startswith(HF_PREFIX) and not _is_beit_repo(preset[len(HF_PREFIX):]):
         return None  # a keras-hub preset hosted on the hub: keras-hub reads it itself

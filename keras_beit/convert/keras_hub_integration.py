@@ -16,6 +16,8 @@ from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoa
 from keras_beit.convert.transformers import MODEL_TYPES
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.preset_loading import get_preset_loader
+from keras_beit.convert.catalogue import bundled_path
+from keras_beit.presets import BUNDLED
 from keras_beit.presets import CATALOGUE
 
 
@@ -46,6 +48,11 @@ def register_catalogue():
         presets[name] = {
             "metadata": {"description": entry["description"], "path": "beit", "task": entry["task"]},
             "kaggle_handle": handle,
+        }
+    for name, entry in BUNDLED.items():
+        presets[name] = {
+            "metadata": {"description": entry["description"], "path": "beit", "task": entry["task"]},
+            "kaggle_handle": bundled_path(name),
         }
     preset_utils.register_presets(presets, BEiTBackbone)
 

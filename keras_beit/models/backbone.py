@@ -9,7 +9,7 @@ from keras_beit.layers.feature_map import TokensToFeatureMap
 from keras_beit.layers.fpn import BEiTFPNNeck
 from keras_beit.layers.patch_embedding import BEiTPatchEmbedding
 from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias
-from keras_beit.models.preset_loading import PresetLoadingMixin
+from keras_beit.models.preset_loading import routed_from_preset
 
 
 def _spatial(image_shape, data_format):
@@ -17,7 +17,7 @@ def _spatial(image_shape, data_format):
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
+class BEiTBackbone(FeaturePyramidBackbone):
     """The BEiT vision transformer (Bao, Dong and Wei, 2021).
 
     Images `(batch, height, width, channels)` go in; the final token sequence
@@ -72,6 +72,8 @@ class BEiTBackbone(PresetLoadingMixin, FeaturePyramidBackbone):
         data_format: "channels_last" (default) or "channels_first".
         dtype: dtype policy.
     """
+
+    from_preset = routed_from_preset
 
     def __init__(
         self,

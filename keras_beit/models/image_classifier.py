@@ -8,11 +8,11 @@ from keras_beit.layers.pooler import BEiTPooler
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor
-from keras_beit.models.preset_loading import PresetLoadingMixin
+from keras_beit.models.preset_loading import routed_from_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTImageClassifier(PresetLoadingMixin, ImageClassifier):
+class BEiTImageClassifier(ImageClassifier):
     """Image classification with BEiT, as transformers' BeitForImageClassification.
 
     The pooled vector is the LayerNorm of the mean patch token when the
@@ -30,6 +30,7 @@ class BEiTImageClassifier(PresetLoadingMixin, ImageClassifier):
     """
 
     backbone_cls = BEiTBackbone
+    from_preset = routed_from_preset
     preprocessor_cls = BEiTImageClassifierPreprocessor
 
     def __init__(

@@ -4,7 +4,7 @@ import keras
 from keras_hub.layers import ImageConverter
 
 from keras_beit.models.backbone import BEiTBackbone
-from keras_beit.models.preset_loading import PresetLoadingMixin
+from keras_beit.models.preset_loading import routed_from_preset
 
 # Every official BEiT v1, DiT and data2vec-vision checkpoint uses mean = std = 0.5.
 BEIT_MEAN = (0.5, 0.5, 0.5)
@@ -19,7 +19,7 @@ def normalization(mean=BEIT_MEAN, std=BEIT_STD, rescale_factor=1 / 255):
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTImageConverter(PresetLoadingMixin, ImageConverter):
+class BEiTImageConverter(ImageConverter):
     """Resizes to `image_size` (no crop, aspect ratio not kept) and maps
     uint8-range pixels to `(x / 255 - mean) / std`.
 
@@ -35,6 +35,7 @@ class BEiTImageConverter(PresetLoadingMixin, ImageConverter):
     """
 
     backbone_cls = BEiTBackbone
+    from_preset = routed_from_preset
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from keras_beit.layers.upernet import BEiTUperNetHead
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
-from keras_beit.models.preset_loading import PresetLoadingMixin
+from keras_beit.models.preset_loading import routed_from_preset
 
 
 def _as_label_map(labels):
@@ -56,7 +56,7 @@ class BEiTSegmentationLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTImageSegmenter(PresetLoadingMixin, ImageSegmenter):
+class BEiTImageSegmenter(ImageSegmenter):
     """Semantic segmentation with BEiT, UperNet and an FCN auxiliary head.
 
     The backbone's FPN pyramid (strides 4 to 32) feeds a UperNet decode head
@@ -87,6 +87,7 @@ class BEiTImageSegmenter(PresetLoadingMixin, ImageSegmenter):
     """
 
     backbone_cls = BEiTBackbone
+    from_preset = routed_from_preset
     preprocessor_cls = BEiTImageSegmenterPreprocessor
 
     def __init__(

@@ -6,11 +6,11 @@ from keras_hub.models import Task
 
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
-from keras_beit.models.preset_loading import PresetLoadingMixin
+from keras_beit.models.preset_loading import routed_from_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTMaskedImageModeler(PresetLoadingMixin, Task):
+class BEiTMaskedImageModeler(Task):
     """BEiT's masked image modeling (MIM) pre-training head.
 
     Input: `{"images": (batch, H, W, C), "mask": (batch, patches) bool}`.
@@ -28,6 +28,7 @@ class BEiTMaskedImageModeler(PresetLoadingMixin, Task):
     """
 
     backbone_cls = BEiTBackbone
+    from_preset = routed_from_preset
     preprocessor_cls = None
 
     def __init__(self, backbone, vocabulary_size=8192, preprocessor=None, **kwargs):

@@ -6,14 +6,15 @@ from keras_hub.models import ImageSegmenterPreprocessor
 
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_converter import BEiTImageConverter
-from keras_beit.models.preset_loading import PresetLoadingMixin
+from keras_beit.models.preset_loading import routed_from_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTImageClassifierPreprocessor(PresetLoadingMixin, ImageClassifierPreprocessor):
+class BEiTImageClassifierPreprocessor(ImageClassifierPreprocessor):
     """Applies a BEiTImageConverter to images; labels pass through."""
 
     backbone_cls = BEiTBackbone
+    from_preset = routed_from_preset
     image_converter_cls = BEiTImageConverter
 
 
@@ -28,7 +29,7 @@ def reduce_labels(labels):
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
-class BEiTImageSegmenterPreprocessor(PresetLoadingMixin, ImageSegmenterPreprocessor):
+class BEiTImageSegmenterPreprocessor(ImageSegmenterPreprocessor):
     """Images through a BEiTImageConverter, segmentation maps alongside.
 
     Maps `(batch, H, W)` or `(batch, H, W, 1)` are resized to the converter's
@@ -38,6 +39,7 @@ class BEiTImageSegmenterPreprocessor(PresetLoadingMixin, ImageSegmenterPreproces
     """
 
     backbone_cls = BEiTBackbone
+    from_preset = routed_from_preset
     image_converter_cls = BEiTImageConverter
 
     def __init__(self, image_converter=None, reduce_labels=False, **kwargs):

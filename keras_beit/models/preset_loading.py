@@ -27,26 +27,29 @@ def get_preset_loader(preset):
     return preset_utils.get_preset_loader(preset)
 
 
-class PresetLoadingMixin:
-    """The keras-hub `from_preset` logic, routed through the registered loaders."""
+@classmethod
+def routed_from_preset(cls, preset, load_weights=True, **kwargs):
+    """keras-hub's `from_preset`, routed through keras_beit's registered loaders.
 
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        loader = get_preset_loader(preset)
-        backbone_cls = loader.check_backbone_class()
-        if issubclass(cls, Backbone):
-            if not issubclass(backbone_cls, cls):
-                raise ValueError(
-                    f"The preset {preset!r} holds a {backbone_cls.__name__}, "
-                    f"which is not a {cls.__name__}."
-                )
-            return loader.load_backbone(backbone_cls, load_weights, **kwargs)
-        if cls.backbone_cls != backbone_cls:
-            cls = preset_utils.find_subclass(preset, cls, backbone_cls)
-        if issubclass(cls, Task):
-            # A new head (num_classes given) never loads the preset's head.
-            return loader.load_task(cls, load_weights, "num_classes" not in kwargs, **kwargs)
-        if issubclass(cls, Preprocessor):
-            config_file = kwargs.pop("config_file", preset_utils.PREPROCESSOR_CONFIG_FILE)
-            return loader.load_preprocessor(cls, config_file, **kwargs)
-        return loader.load_image_converter(cls, **kwargs)
+    Assigned as `from_preset` in each keras_beit class body, so the classes
+    keep their keras-hub base as their first base (keras-hub derives preset
+    metadata from it).
+    """
+    loader = get_preset_loader(preset)
+    backbone_cls = loader.check_backbone_class()
+    if issubclass(cls, Backbone):
+        if not issubclass(backbone_cls, cls):
+            raise ValueError(
+                f"The preset {preset!r} holds a {backbone_cls.__name__}, "
+                f"which is not a {cls.__name__}."
+            )
+        return loader.load_backbone(backbone_cls, load_weights, **kwargs)
+    if cls.backbone_cls != backbone_cls:
+        cls = preset_utils.find_subclass(preset, cls, backbone_cls)
+    if issubclass(cls, Task):
+        # A new head (num_classes given) never loads the preset's head.
+        return loader.load_task(cls, load_weights, "num_classes" not in kwargs, **kwargs)
+    if issubclass(cls, Preprocessor):
+        config_file = kwargs.pop("config_file", preset_utils.PREPROCESSOR_CONFIG_FILE)
+        return loader.load_preprocessor(cls, config_file, **kwargs)
+    return loader.load_image_converter(cls, **kwargs)
