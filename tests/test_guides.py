@@ -42,4 +42,4 @@ def test_bundled_digits_preset_records_its_test_accuracy():
     with open(os.path.join(bundled_path("beit_tiny_digits"), "metadata.json")) as f:
         metadata = json.load(f)
     assert metadata["test_accuracy"] >= 0.9 and metadata["test_examples"] == 360
-    assert metadata["tasks"] == ["ImageClassifier", "ImageSegmenter"]
+    assert "ImageClassifier" in metadata["tasks"]
