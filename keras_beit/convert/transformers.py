@@ -27,23 +27,39 @@ MODEL_TYPES = ("beit", "data2vec-vision")
 # Buffers that the model recomputes; old checkpoints store them.
 SKIPPED_KEYS = (r"relative_position_index$", r"num_batches_tracked$")
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
-# transformers 5 writes data2vec-vision's segmentation heads under their new module
-# names; BEiT files (and the hub's) use mmseg's. Renamed to mmseg's on read.
-_HEAD_RENAMES = (
-    (re.compile(r"^decode_head\.psp_modules\.blocks\.(\d+)\.conv\."), r"decode_head.psp_modules.\1.1."),
-    (re.compile(r"^decode_head\.psp_bottleneck\."), "decode_head.bottleneck."),
-    (re.compile(r"\.convolution\.weight$"), ".conv.weight"),
-    (re.compile(r"\.normalization\."), ".bn."),
+# save_pretrained writes the hub's legacy (4.x) key names, but a state_dict
+# saved from a transformers 5 model in memory uses the new module names, and
+# transformers 5 writes data2vec-vision's segmentation heads under new names
+# too. Both are renamed to the legacy/mmseg names on read.
+_RENAMES = (
+    (r"(^|\.)layers\.(\d+)\.relative_position_bias\.",
+     r"\1encoder.layer.\2.attention.attention.relative_position_bias."),
+    (r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+    (r"(^|\.)shared_position_bias\.", r"\1encoder.relative_position_bias."),
+    (r"^fpn\.fpn1\.conv_transpose1\.", "fpn1.0."),
+    (r"^fpn\.fpn1\.normalization\.", "fpn1.1."),
+    (r"^fpn\.fpn1\.conv_transpose2\.", "fpn1.3."),
+    (r"^fpn\.fpn2\.", "fpn2.0."),
+    (r"^decode_head\.psp_modules\.blocks\.(\d+)\.conv\.", r"decode_head.psp_modules.\1.1."),
+    (r"^decode_head\.psp_bottleneck\.", "decode_head.bottleneck."),
+    (r"^((?:decode|auxiliary)_head\..*)\.convolution\.weight$", r"\1.conv.weight"),
+    (r"^((?:decode|auxiliary)_head\..*)\.normalization\.", r"\1.bn."),
 )
+_RENAMES = tuple((re.compile(pattern), replacement) for pattern, replacement in _RENAMES)
 
 
-def mmseg_names(state):
-    """The state dict with segmentation-head keys in mmseg's naming."""
+def legacy_names(state):
+    """The state dict with transformers 5 module names mapped to the hub's legacy names."""
     renamed = {}
     for key, value in state.items():
-        if key.startswith(("decode_head.", "auxiliary_head.")):
-            for pattern, replacement in _HEAD_RENAMES:
-                key = pattern.sub(replacement, key)
+        for pattern, replacement in _RENAMES:
+            key = pattern.sub(replacement, key)
         renamed[key] = value
     return renamed
 
@@ -261,7 +277,7 @@ class TransformersLoader(PresetLoader):
     @property
     def state(self):
         if self._state is None:
-            self._state = mmseg_names(read_state_dict(self.preset))
+            self._state = legacy_names(read_state_dict(self.preset))
         return self._state
 
     @property
