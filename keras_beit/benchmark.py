@@ -1,0 +1,215 @@
+"""Throughput and memory of keras_beit against transformers, side by side.
+
+    python -m keras_beit.benchmark [--backends tensorflow jax torch] [--cases base224_b1 ...]
+                                   [--repeats 5] [--json results.json] [--quick]
+
+Every measurement runs in a fresh process (so peak resident memory is that of
+one model and one implementation), and keras_beit and transformers runs are
+interleaved case by case. Each figure is the median of `--repeats` timed runs
+after a warm-up. The table prints ratios (ours / transformers SDPA), the
+machine's measured fp32 and bf16 matmul throughput at BEiT's shapes, and the
+fraction of it each model achieves. `--quick` uses tiny models, to check the
+script itself. This is a benchmark, not a test: nothing here asserts a speed.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
+
+CASES = {
+    "base224_b1": dict(size=BASE, image=224, batch=1, task="classifier"),
+    "base224_b8": dict(size=BASE, image=224, batch=8, task="classifier"),
+    "large224_b1": dict(size=LARGE, image=224, batch=1, task="classifier"),
+    "base640_seg_b1": dict(size=BASE, image=640, batch=1, task="segmenter"),
+    "base224_train_b8": dict(size=BASE, image=224, batch=8, task="train"),
+    "base224_b8_bf16": dict(size=BASE, image=224, batch=8, task="classifier", bf16=True),
+}
+
+
+def _model_flops(size, image, patch=16):
+    """Forward multiply-adds x 2 of the transformer body (the 35.1 GFLOP of BEiT-B/16 at 224)."""
+    tokens = (image // patch) ** 2 + 1
+    d, i, layers = size["hidden_size"], size["intermediate_size"], size["num_hidden_layers"]
+    per_layer = tokens * (4 * d * d + 2 * d * i) + 2 * tokens * tokens * d
+    embed = (image // patch) ** 2 * (3 * patch * patch) * d
+    return 2 * (layers * per_layer + embed)
+
+
+def _beit_config(case):
+    import transformers
+
+    return transformers.BeitConfig(
+        image_size=case["image"], patch_size=16, use_relative_position_bias=True, drop_path_rate=0.0,
+        num_labels=150 if case["task"] == "segmenter" else 1000,
+        out_indices=[3, 5, 7, 11] if case["size"]["num_hidden_layers"] >= 12 else [1, 2, 3, 4],
+        **case["size"],
+    )
+
+
+def _timed(fn, repeats):
+    fn()  # warm-up (compilation, caches)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_transformers(case, attention, repeats):
+    import numpy as np
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = _beit_config(case)
+    config._attn_implementation = attention
+    cls = transformers.BeitForSemanticSegmentation if case["task"] == "segmenter" else transformers.BeitForImageClassification
+    model = cls(config)
+    pixels = torch.from_numpy(np.random.default_rng(0).normal(size=(case["batch"], 3, case["image"], case["image"])).astype("float32"))
+    if case["task"] == "train":
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        labels = torch.zeros(case["batch"], dtype=torch.long)
+
+        def step():
+            optimizer.zero_grad()
+            model(pixel_values=pixels, labels=labels).loss.backward()
+            optimizer.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(case.get("bf16"))):
+                model(pixel_values=pixels)
+    return _timed(step, repeats)
+
+
+def run_keras_beit(case, repeats):
+    import keras
+    import numpy as np
+
+    import keras_beit
+    from keras_beit.convert.transformers import convert_backbone_config
+
+    if case.get("bf16"):
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    config = _beit_config(case).to_dict()
+    config["architectures"] = ["BeitForSemanticSegmentation" if case["task"] == "segmenter" else "BeitForImageClassification"]
+    # transformers tap points, so both sides compute the same network.
+    backbone = keras_beit.BEiTBackbone(**convert_backbone_config(config, tap_points="transformers"))
+    if case["task"] == "segmenter":
+        model = keras_beit.BEiTImageSegmenter(backbone, num_classes=150)
+    else:
+        model = keras_beit.BEiTImageClassifier(backbone, num_classes=1000)
+    images = np.random.default_rng(0).normal(size=(case["batch"], case["image"], case["image"], 3)).astype("float32")
+    if case["task"] == "train":
+        model.compile(optimizer=keras.optimizers.AdamW(1e-5), loss="sparse_categorical_crossentropy")
+        labels = np.zeros(case["batch"], "int32")
+        return _timed(lambda: model.train_on_batch(images, labels), repeats)
+    model.preprocessor = None
+    return _timed(lambda: model.predict_on_batch(images), repeats)
+
+
+def run_gemm(dtype, quick, repeats):
+    """The machine's matmul throughput at BEiT's MLP shape, in GFLOP/s."""
+    import torch
+
+    tokens, d, i = (65 * 8, 64, 256) if quick else (197 * 8, 768, 3072)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    a = torch.randn(tokens, d, dtype=torch_dtype)
+    b = torch.randn(d, i, dtype=torch_dtype)
+    seconds = _timed(lambda: [a @ b for _ in range(10)], repeats)
+    return 10 * 2 * tokens * d * i / seconds / 1e9
+
+
+def child(args):
+    """One measurement in this process; prints a JSON line."""
+    case = dict(CASES[args.case])
+    if args.quick:
+        case.update(size=TINY, image=64 if case["task"] != "segmenter" else 128)
+    if args.impl == "gemm":
+        result = {"gflops": run_gemm(args.dtype, args.quick, args.repeats)}
+    elif args.impl == "keras_beit":
+        result = {"seconds": run_keras_beit(case, args.repeats)}
+    else:
+        result = {"seconds": run_transformers(case, args.impl.split("_")[1], args.repeats)}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["images_per_second"] = case["batch"] / result["seconds"] if "seconds" in result else None
+    result["gflop_per_image"] = _model_flops(case["size"], case["image"]) / 1e9
+    print(json.dumps(result))
+
+
+def _spawn(backend, *argv):
+    env = {**os.environ, "KERAS_BACKEND": backend or os.environ.get("KERAS_BACKEND", "jax")}
+    out = subprocess.run([sys.executable, "-m", "keras_beit.benchmark", "--child", *argv], env=env,
+                         capture_output=True, text=True)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="keras_beit vs transformers throughput and memory")
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--quick", action="store_true", help="tiny models: check the script, not the speed")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    common = ["--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
+    results = {"gemm": {}, "cases": {}}
+    for dtype in ("float32", "bfloat16"):
+        results["gemm"][dtype] = _spawn(None, "--impl", "gemm", "--dtype", dtype, "--case", "base224_b1", *common)
+    for name in args.cases:
+        row, reference_runs = {}, {}
+        references = ["transformers_sdpa"] + ([] if CASES[name]["task"] == "train" else ["transformers_eager"])
+        for backend in args.backends:  # interleaved: the references run next to every backend
+            for reference in references:
+                reference_runs.setdefault(reference, []).append(
+                    _spawn(None, "--impl", reference, "--case", name, *common)
+                )
+            row[f"keras_beit_{backend}"] = _spawn(backend, "--impl", "keras_beit", "--case", name, *common)
+        for reference, runs in reference_runs.items():
+            good = [r for r in runs if "error" not in r]
+            row[reference] = sorted(good, key=lambda r: r["seconds"])[len(good) // 2] if good else runs[0]
+        results["cases"][name] = row
+
+    fp32 = results["gemm"]["float32"].get("gflops")
+    bf16 = results["gemm"]["bfloat16"].get("gflops")
+    print(f"machine matmul throughput at BEiT's shapes: fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s")
+    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of fp32 GEMM':>14}{'peak MB':>10}")
+    for name, row in results["cases"].items():
+        reference = row.get("transformers_sdpa", {}).get("images_per_second")
+        for impl, r in row.items():
+            if "error" in r:
+                print(f"{name:<20}{impl:<26}  error: {r['error'][:60]}")
+                continue
+            ips = r["images_per_second"]
+            ratio = ips / reference if reference else float("nan")
+            limit = ips * r["gflop_per_image"] / fp32 if fp32 else float("nan")
+            print(f"{name:<20}{impl:<26}{ips:>9.2f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
