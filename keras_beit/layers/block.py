@@ -139,14 +139,10 @@ class BEiTBlock(keras.layers.Layer):
         return x
 
     def compute_output_spec(self, inputs, bias=None, training=None, return_attention_scores=False):
-        outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
-        if return_attention_scores:
-            tokens = inputs.shape[1]
-            scores = keras.KerasTensor(
-                (inputs.shape[0], self.num_heads, tokens, tokens), dtype=self.compute_dtype
-            )
-            return outputs, scores
-        return outputs
+        # The residual stream keeps the attention output's shape.
+        return self.attention.compute_output_spec(
+            inputs, bias=bias, return_attention_scores=return_attention_scores
+        )
 
     def get_config(self):
         config = super().get_config()
