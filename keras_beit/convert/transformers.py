@@ -13,6 +13,8 @@ from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
+from keras_beit.convert.resize import plan_resize
+from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import linear
@@ -259,6 +261,7 @@ _HEAD_FOR_ARCHITECTURE = {
 _BACKBONE_ARGUMENTS = (
     "image_shape", "dtype", "window_size", "out_indices", "use_fpn", "gradient_checkpointing",
     "drop_path_rate", "dropout_rate", "attention_dropout_rate", "layer_scale_init_value",
+    "position_resize",
 )
 
 
@@ -296,14 +299,18 @@ class TransformersLoader(PresetLoader):
 
     def load_backbone(self, cls, load_weights, **kwargs):
         self.tap_points = kwargs.pop("tap_points", self.tap_points)
-        backbone = cls(**{**convert_backbone_config(self.config, self.tap_points), **kwargs})
+        config = convert_backbone_config(self.config, self.tap_points)
+        kwargs, self.position_resize = plan_resize(
+            kwargs, config["window_size"], config["patch_size"], self.default_position_resize
+        )
+        backbone = cls(**{**config, **kwargs})
         if load_weights:
             prefix = key_prefix(self.state)
             # Keys outside the base model (heads, the pooler) are not ours to load here.
             outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head)\."
             assign(
                 backbone_weights(backbone, prefix),
-                self.state,
+                self.resized_state(backbone),
                 skip=SKIPPED_KEYS,
                 allow_unused=rf"{outside}|^{prefix}pooler\.",
             )
@@ -332,11 +339,26 @@ class TransformersLoader(PresetLoader):
             pairs = list(backbone_weights(task.backbone, prefix))
             if has_head and load_task_weights:
                 pairs += list(head_weights(task, prefix))
-                assign(pairs, self.state, skip=SKIPPED_KEYS)
+                assign(pairs, self.resized_state(task.backbone), skip=SKIPPED_KEYS)
             else:
                 outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head|layernorm)\."
-                assign(pairs, self.state, skip=SKIPPED_KEYS, allow_unused=rf"{outside}|^{prefix}pooler\.")
+                assign(
+                    pairs, self.resized_state(task.backbone), skip=SKIPPED_KEYS,
+                    allow_unused=rf"{outside}|^{prefix}pooler\.",
+                )
         return task
+
+    # --- Position tables resized once on load: from_preset(..., image_shape=(H, W, 3),
+    # position_resize="bilinear" | "geometric" | "geometric_linear" | None); see keras_beit.convert.resize.
+    # The default is transformers' own bilinear, so the result equals transformers at that size.
+    default_position_resize = "bilinear"
+    position_resize = default_position_resize
+
+    def resized_state(self, backbone):
+        """The state dict with its tables resized from the checkpoint's grid to `backbone.window_size`."""
+        checkpoint_window = convert_backbone_config(self.config, self.tap_points)["window_size"]
+        positions = (f"{key_prefix(self.state)}embeddings.position_embeddings",)
+        return resize_state(self.state, checkpoint_window, backbone.window_size, self.position_resize, positions)
 
     def load_preprocessor(self, cls, config_file=None, **kwargs):
         if issubclass(cls, BEiTImageSegmenterPreprocessor) and check_file_exists(
