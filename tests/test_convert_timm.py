@@ -1,0 +1,159 @@
+"""timm `beit_*` / `beitv2_*` directories load and reproduce the reference numbers.
+
+timm itself is not installed (too heavy for this machine). The directories
+are written the way timm serialises a BEiT model (`save_for_hf`): its state
+dict in unilm key names, without `relative_position_index` (non-persistent
+in timm), as model.safetensors or pytorch_model.bin, next to a config.json
+with "architecture", "num_classes", "global_pool", "model_args" and
+"pretrained_cfg". The weights come from a tiny randomised transformers
+model, which is the reference forward (max abs error 1e-4).
+"""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import transformers
+
+import keras_beit
+from keras_beit.convert.timm import convert_backbone_config
+from keras_beit.convert.timm import timm_loader
+from original_checkpoints import original_state
+from original_checkpoints import save_timm
+from transformers_reference import run
+from transformers_reference import save_model
+
+ATOL = 1e-4
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# A tiny model: timm's entry point, with create_model keyword overrides saved in "model_args".
+TINY_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.5}
+
+
+def _config(architecture="beitv2_base_patch16_224.in1k_ft_in22k_in1k", num_classes=5, global_pool="avg", **extra):
+    return {
+        "architecture": architecture,
+        "num_classes": num_classes,
+        "num_features": 32,
+        "global_pool": global_pool,
+        "model_args": TINY_ARGS,
+        "pretrained_cfg": {
+            "input_size": [3, 32, 32], "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "num_classes": num_classes,
+            "first_conv": "patch_embed.proj", "classifier": "head",
+        },
+        **extra,
+    }
+
+
+def _images(side=32, seed=0):
+    return np.random.default_rng(seed).normal(size=(2, side, side, 3)).astype("float32")
+
+
+def _error(actual, expected):
+    return float(np.max(np.abs(keras.ops.convert_to_numpy(actual) - np.asarray(expected))))
+
+
+@pytest.mark.parametrize(
+    "weights_file, global_pool",
+    [("model.safetensors", "avg"), ("pytorch_model.bin", "avg"), ("model.safetensors", "")],
+    ids=["safetensors_avg", "pytorch_bin_avg", "safetensors_cls_token"],
+)
+def test_timm_directory_matches(weights_file, global_pool, tmp_path):
+    reference = save_model(
+        transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True,
+        use_mean_pooling=global_pool == "avg", layer_norm_eps=1e-6,
+    )
+    directory = save_timm(
+        original_state(tmp_path / "hf", store_index=False), tmp_path / "timm", _config(global_pool=global_pool),
+        weights_file,
+    )
+    classifier = keras_beit.BEiTImageClassifier.from_preset(directory)
+    assert classifier.backbone.layer_norm_epsilon == 1e-6
+    assert classifier.backbone.use_mean_pooling == (global_pool == "avg")
+    images = _images()
+    assert _error(classifier(images), run(reference, images).logits.numpy()) <= ATOL
+    # The image converter follows timm's pretrained_cfg (size, interpolation, ImageNet mean/std).
+    converter = classifier.preprocessor.image_converter
+    assert converter.image_size == (32, 32) and converter.interpolation == "bicubic"
+    np.testing.assert_allclose(converter.scale, [1 / 255 / s for s in IMAGENET_STD], rtol=1e-6)
+    np.testing.assert_allclose(converter.offset, [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], rtol=1e-6)
+
+
+# Architectures as timm registers them (original_and_timm.md 2.1; hf_beit.md 6):
+# (hidden, layers, heads, intermediate, image size, layer scale).
+PUBLISHED = {
+    "beit_base_patch16_224.in22k_ft_in22k_in1k": (768, 12, 12, 3072, 224, 0.1),
+    "beit_base_patch16_384.in22k_ft_in22k_in1k": (768, 12, 12, 3072, 384, 0.1),
+    "beit_large_patch16_224.in22k_ft_in22k": (1024, 24, 16, 4096, 224, 1e-5),
+    "beit_large_patch16_384.in22k_ft_in22k_in1k": (1024, 24, 16, 4096, 384, 1e-5),
+    "beit_large_patch16_512.in22k_ft_in22k_in1k": (1024, 24, 16, 4096, 512, 1e-5),
+    "beitv2_base_patch16_224.in1k_ft_in1k": (768, 12, 12, 3072, 224, 1e-5),
+    "beitv2_large_patch16_224.in1k_ft_in22k_in1k": (1024, 24, 16, 4096, 224, 1e-5),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(PUBLISHED))
+def test_architecture_names_map_to_timm_configs(architecture):
+    hidden, layers, heads, intermediate, size, layer_scale = PUBLISHED[architecture]
+    config = convert_backbone_config({"architecture": architecture, "num_classes": 1000})
+    assert (config["hidden_dim"], config["num_layers"], config["num_heads"]) == (hidden, layers, heads)
+    assert config["intermediate_dim"] == intermediate and config["patch_size"] == 16
+    assert config["image_shape"] == (size, size, 3) and config["window_size"] == (size // 16, size // 16)
+    assert config["layer_scale_init_value"] == layer_scale and config["layer_norm_epsilon"] == 1e-6
+    assert config["use_relative_position_bias"] and not config["use_shared_relative_position_bias"]
+    assert not config["use_absolute_position_embeddings"] and config["use_mean_pooling"]
+
+
+def test_beit_base_224_has_the_published_parameter_count():
+    """86,530,984 parameters with the 1000-class head (original_and_timm.md 0; timm 86.53M)."""
+    backbone = keras_beit.BEiTBackbone(**convert_backbone_config({"architecture": "beit_base_patch16_224"}))
+    assert keras_beit.BEiTImageClassifier(backbone, 1000).count_params() == 86_530_984
+
+
+def test_a_headless_directory_loads_as_a_backbone_and_needs_num_classes_for_a_classifier(tmp_path):
+    reference = save_model(transformers.BeitModel, tmp_path / "hf", use_relative_position_bias=True, layer_norm_eps=1e-6)
+    state = {k: v for k, v in original_state(tmp_path / "hf", store_index=False).items()}
+    assert not any(k.startswith("head.") for k in state)
+    directory = save_timm(state, tmp_path / "timm", _config(num_classes=0))
+    backbone = keras_beit.BEiTBackbone.from_preset(directory)
+    images = _images()
+    assert _error(backbone(images), run(reference, images).last_hidden_state.numpy()) <= ATOL
+    with pytest.raises(ValueError, match="num_classes"):
+        keras_beit.BEiTImageClassifier.from_preset(directory)
+    assert tuple(keras_beit.BEiTImageClassifier.from_preset(directory, num_classes=3)(images).shape) == (2, 3)
+
+
+def test_keras_hub_entry_points_and_a_new_resolution(tmp_path):
+    reference = save_model(
+        transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True, layer_norm_eps=1e-6
+    )
+    directory = save_timm(original_state(tmp_path / "hf", store_index=False), tmp_path / "timm", _config())
+    classifier = keras_hub.models.ImageClassifier.from_preset(directory)
+    assert isinstance(classifier, keras_beit.BEiTImageClassifier)
+    images = _images()
+    assert _error(classifier(images), run(reference, images).logits.numpy()) <= ATOL
+    # timm's own resize (piecewise linear on the geometric grid), once, for a 48 x 40 model.
+    resized = keras_beit.BEiTImageClassifier.from_preset(
+        directory, image_shape=(48, 40, 3), position_resize="geometric_linear"
+    )
+    assert resized.backbone.window_size == (6, 5)
+    table = resized.backbone.relative_position_biases[0].relative_position_bias_table
+    assert tuple(table.shape) == (11 * 9 + 3, 4)
+    logits = keras.ops.convert_to_numpy(resized(np.zeros((1, 48, 40, 3), "float32")))
+    assert logits.shape == (1, 5) and np.all(np.isfinite(logits))
+
+
+def test_unknown_names_are_read_from_shapes_and_other_models_are_not_claimed(tmp_path):
+    reference = save_model(
+        transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True, layer_norm_eps=1e-6
+    )
+    state = original_state(tmp_path / "hf", store_index=False)
+    config = {"architecture": "beit_tiny_patch8_32", "num_classes": 5, "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    directory = save_timm(state, tmp_path / "custom", config)
+    classifier = keras_beit.BEiTImageClassifier.from_preset(directory)
+    images = _images()
+    assert _error(classifier(images), run(reference, images).logits.numpy()) <= ATOL
+    # BEiT-3 is timm's VisionTransformer with other keys; a ViT is not BEiT at all.
+    for architecture in ("beit3_base_patch16_224", "vit_base_patch16_224"):
+        other = save_timm(state, tmp_path / architecture, {"architecture": architecture, "num_classes": 5})
+        assert timm_loader(other) is None
