@@ -81,3 +81,17 @@ def test_gradient_checkpointing_gives_the_same_training_step():
         results.append((start, classifier.get_weights()))
     for plain, recomputed in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(recomputed, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_float16_trains_and_predicts():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        images, labels = _data()
+        classifier = keras_beit.BEiTImageClassifier(keras_beit.BEiTBackbone(**TINY), num_classes=3)
+        assert classifier.backbone.blocks[0].fc1.compute_dtype == "float16"
+        predictions = keras.ops.convert_to_numpy(classifier.predict(images, verbose=0))
+        assert np.isfinite(predictions.astype("float32")).all()
+        history = classifier.fit(images, labels, epochs=2, batch_size=4, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+    finally:
+        keras.config.set_dtype_policy("float32")
