@@ -17,7 +17,8 @@ from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
-from keras_beit.convert.weights import linear
+from keras_beit.convert.weights import dense_weights as _dense
+from keras_beit.convert.weights import norm_weights as _norm
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_classifier import BEiTImageClassifier
 from keras_beit.models.image_segmenter import BEiTImageSegmenter
@@ -128,17 +129,6 @@ def _pyramid_config(config, tap_points):
             "use_fpn": bool(config.get("add_fpn", False)),
         }
     return {}
-
-
-def _dense(layer, key, bias=True):
-    yield layer.kernel, f"{key}.weight", linear
-    if bias:
-        yield layer.bias, f"{key}.bias", None
-
-
-def _norm(layer, key):
-    yield layer.gamma, f"{key}.weight", None
-    yield layer.beta, f"{key}.bias", None
 
 
 def _batch_norm(layer, key):

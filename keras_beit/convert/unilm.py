@@ -47,7 +47,8 @@ from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
-from keras_beit.convert.weights import linear
+from keras_beit.convert.weights import dense_weights as _dense
+from keras_beit.convert.weights import norm_weights as _norm
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_classifier import BEiTImageClassifier
 from keras_beit.models.image_converter import BEIT_MEAN
@@ -71,17 +72,6 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 # === Key table (shared with keras_beit.convert.timm) ===
-
-
-def _dense(layer, key, bias=True):
-    yield layer.kernel, f"{key}.weight", linear
-    if bias:
-        yield layer.bias, f"{key}.bias", None
-
-
-def _norm(layer, key):
-    yield layer.gamma, f"{key}.weight", None
-    yield layer.beta, f"{key}.bias", None
 
 
 def _qkv_rows(part):

@@ -15,6 +15,19 @@ def conv(x):
     return np.transpose(x, (2, 3, 1, 0))
 
 
+def dense_weights(layer, key, bias=True):
+    """A PyTorch Linear `{key}.weight`/`.bias` onto a Keras Dense."""
+    yield layer.kernel, f"{key}.weight", linear
+    if bias:
+        yield layer.bias, f"{key}.bias", None
+
+
+def norm_weights(layer, key):
+    """A PyTorch LayerNorm or BatchNorm affine `{key}.weight`/`.bias` onto gamma/beta."""
+    yield layer.gamma, f"{key}.weight", None
+    yield layer.beta, f"{key}.bias", None
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model built from it."""
 
