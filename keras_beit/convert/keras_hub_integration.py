@@ -13,6 +13,7 @@ from keras_hub.src.utils import preset_utils
 from keras_hub.src.utils.timm.preset_loader import TimmPresetLoader
 from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
 
+from keras_beit.convert.timm import is_timm_beit
 from keras_beit.convert.transformers import MODEL_TYPES
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.preset_loading import get_preset_loader
@@ -22,7 +23,7 @@ from keras_beit.presets import CATALOGUE
 
 
 def _is_beit(config):
-    return config.get("model_type") in MODEL_TYPES or str(config.get("architecture", "")).startswith("beit")
+    return config.get("model_type") in MODEL_TYPES or is_timm_beit(config)
 
 
 def _divert(loader_cls):
