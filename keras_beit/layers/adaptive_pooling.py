@@ -10,33 +10,49 @@ def adaptive_pool_matrix(in_size, out_size):
 
     Bin i spans [floor(i * in / out), ceil((i + 1) * in / out)); neighbouring
     bins overlap when `out_size` does not divide `in_size` (20 -> 3, 20 -> 6).
+    Built with numpy from static sizes, so it enters the graph as a constant.
     """
-    matrix = np.zeros((out_size, in_size), "float32")
-    for i in range(out_size):
-        start = (i * in_size) // out_size
-        end = -((-(i + 1) * in_size) // out_size)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
+    bins = np.arange(out_size)
+    start = (bins * in_size) // out_size
+    end = -((-(bins + 1) * in_size) // out_size)
+    positions = np.arange(in_size)
+    inside = (positions >= start[:, None]) & (positions < end[:, None])
+    return (inside / (end - start)[:, None]).astype("float32")
+
+
+def _pair(size):
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class AdaptiveAveragePooling2D(keras.layers.Layer):
-    """(B, H, W, C) to (B, out, out, C), averaging like nn.AdaptiveAvgPool2d."""
+    """(B, H, W, C) to (B, out_h, out_w, C), averaging like nn.AdaptiveAvgPool2d.
+
+    Pooling is two averaging matrices, (out_h, H) and (out_w, W), applied with
+    one einsum; H and W must be known when the layer is called.
+
+    Args:
+        output_size: an int for a square output, or `(out_h, out_w)`.
+    """
 
     def __init__(self, output_size, **kwargs):
         super().__init__(**kwargs)
-        self.output_size = output_size
+        self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
+        self._out_h, self._out_w = _pair(output_size)
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:
             raise ValueError("AdaptiveAveragePooling2D needs a known spatial size at call time.")
-        rows = ops.convert_to_tensor(adaptive_pool_matrix(height, self.output_size), inputs.dtype)
-        cols = ops.convert_to_tensor(adaptive_pool_matrix(width, self.output_size), inputs.dtype)
+        rows = ops.convert_to_tensor(adaptive_pool_matrix(height, self._out_h), inputs.dtype)
+        cols = ops.convert_to_tensor(adaptive_pool_matrix(width, self._out_w), inputs.dtype)
         return ops.einsum("oh,bhwc,pw->bopc", rows, inputs, cols)
 
     def compute_output_shape(self, inputs_shape):
-        return (inputs_shape[0], self.output_size, self.output_size, inputs_shape[-1])
+        return (inputs_shape[0], self._out_h, self._out_w, inputs_shape[-1])
 
     def get_config(self):
         return {**super().get_config(), "output_size": self.output_size}

@@ -15,7 +15,11 @@ def resize_bilinear(x, size):
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class ConvBNReLU(keras.layers.Layer):
-    """Conv2D without bias, BatchNorm (PyTorch eps 1e-5, momentum 0.1), ReLU."""
+    """Conv2D without bias, BatchNorm (PyTorch eps 1e-5, momentum 0.1), ReLU.
+
+    mmseg's ConvModule / transformers' BeitConvLayer with stride 1 and
+    `padding=kernel_size // 2`, which Keras' "same" padding equals for odd kernels.
+    """
 
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(**kwargs)
@@ -50,6 +54,16 @@ class BEiTUperNetHead(keras.layers.Layer):
     average-pool bins; 1x1 lateral convs on the other three; a top-down
     pathway of bilinear upsampling and addition; 3x3 FPN convs; every level
     upsampled to the finest and fused by a 3x3 bottleneck; a 1x1 classifier.
+    Resizing is bilinear with half-pixel centres and no antialiasing, which
+    is PyTorch's `interpolate(mode="bilinear", align_corners=False)`.
+
+    Args:
+        channels: width of every conv block (transformers: `hidden_size`).
+        num_classes: channels of the logits.
+        pool_scales: output sizes of the PSP module's adaptive pools.
+
+    Called on a list of four (B, h_i, w_i, C) maps, finest first; returns
+    (B, h_0, w_0, num_classes) logits.
     """
 
     def __init__(self, channels, num_classes, pool_scales=(1, 2, 3, 6), **kwargs):
@@ -115,20 +129,38 @@ class BEiTUperNetHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class BEiTFCNHead(keras.layers.Layer):
-    """The FCN auxiliary head: `num_convs` 3x3 conv blocks, optional input concat, 1x1 classifier."""
+    """The FCN auxiliary head: `num_convs` conv blocks, optional input concat, 1x1 classifier.
 
-    def __init__(self, in_channels, num_classes, channels=256, num_convs=1, concat_input=False, **kwargs):
+    Args:
+        in_channels: channels of the input map.
+        num_classes: channels of the logits.
+        channels: width of the conv blocks (and the classifier's input).
+        num_convs: Conv-BN-ReLU blocks of `kernel_size` before the classifier;
+            with 0 the classifier reads the input, so `channels` must equal
+            `in_channels`.
+        concat_input: concatenate the input with the conv output and fuse them
+            with one more Conv-BN-ReLU (`conv_cat`).
+        kernel_size: odd kernel size of the conv blocks; "same" padding, as
+            PyTorch's `padding=kernel_size // 2`.
+    """
+
+    def __init__(
+        self, in_channels, num_classes, channels=256, num_convs=1, concat_input=False, kernel_size=3, **kwargs
+    ):
         super().__init__(**kwargs)
         if num_convs == 0 and channels != in_channels:
             raise ValueError(f"With num_convs=0, channels ({channels}) must equal in_channels ({in_channels}).")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for PyTorch-equal padding, got {kernel_size}.")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.channels = channels
         self.num_convs = num_convs
         self.concat_input = concat_input
+        self.kernel_size = kernel_size
         policy = dict(dtype=self.dtype_policy)
-        self.convs = [ConvBNReLU(channels, 3, name=f"conv_{k}", **policy) for k in range(num_convs)]
-        self.conv_cat = ConvBNReLU(channels, 3, name="conv_cat", **policy) if concat_input else None
+        self.convs = [ConvBNReLU(channels, kernel_size, name=f"conv_{k}", **policy) for k in range(num_convs)]
+        self.conv_cat = ConvBNReLU(channels, kernel_size, name="conv_cat", **policy) if concat_input else None
         self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier", **policy)
 
     def build(self, inputs_shape):
@@ -161,6 +193,7 @@ class BEiTFCNHead(keras.layers.Layer):
                 "channels": self.channels,
                 "num_convs": self.num_convs,
                 "concat_input": self.concat_input,
+                "kernel_size": self.kernel_size,
             }
         )
         return config
