@@ -295,16 +295,24 @@ class TransformersLoader(PresetLoader):
         )
         backbone = cls(**{**config, **kwargs})
         if load_weights:
-            prefix = key_prefix(self.state)
-            # Keys outside the base model (heads, the pooler) are not ours to load here.
-            outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head)\."
-            assign(
-                backbone_weights(backbone, prefix),
-                self.resized_state(backbone),
-                skip=SKIPPED_KEYS,
-                allow_unused=rf"{outside}|^{prefix}pooler\.",
-            )
+            self._assign(backbone)
         return backbone
+
+    def _assign(self, backbone, task=None):
+        """Loads the base model's weights, and the task head's when `task` is given.
+
+        Without a task, keys outside the base model (another task's head, the
+        pooler) are left unused; with one, every key must be used.
+        """
+        prefix = key_prefix(self.state)
+        pairs = list(backbone_weights(backbone, prefix))
+        allow_unused = None
+        if task is None:
+            outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head|layernorm)\."
+            allow_unused = rf"{outside}|^{prefix}pooler\."
+        else:
+            pairs += list(head_weights(task, prefix))
+        assign(pairs, self.resized_state(backbone), skip=SKIPPED_KEYS, allow_unused=allow_unused)
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
         self.tap_points = kwargs.pop("tap_points", self.tap_points)
@@ -325,17 +333,7 @@ class TransformersLoader(PresetLoader):
             )
         task = super().load_task(cls, False, False, **kwargs)
         if load_weights:
-            prefix = key_prefix(self.state)
-            pairs = list(backbone_weights(task.backbone, prefix))
-            if has_head and load_task_weights:
-                pairs += list(head_weights(task, prefix))
-                assign(pairs, self.resized_state(task.backbone), skip=SKIPPED_KEYS)
-            else:
-                outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head|layernorm)\."
-                assign(
-                    pairs, self.resized_state(task.backbone), skip=SKIPPED_KEYS,
-                    allow_unused=rf"{outside}|^{prefix}pooler\.",
-                )
+            self._assign(task.backbone, task if has_head and load_task_weights else None)
         return task
 
     # --- Position tables resized once on load: from_preset(..., image_shape=(H, W, 3),
