@@ -97,13 +97,33 @@ def to_original(legacy, store_index=True):
     return original
 
 
+def to_mmseg(legacy):
+    """An mmseg ADE20K state dict from a BeitForSemanticSegmentation's legacy keys.
+
+    The encoder goes through `to_original` and, with the feature pyramid,
+    under `backbone.`; the heads keep their names (transformers kept
+    mmseg's) except each classifier, which mmseg calls `conv_seg`.
+    """
+    encoder = {k: v for k, v in legacy.items() if k.startswith("beit.")}
+    state = {f"backbone.{k}": v for k, v in to_original(encoder).items()}
+    for key, value in legacy.items():
+        if key.startswith(("fpn1.", "fpn2.")):
+            state[f"backbone.{key}"] = np.asarray(value)
+        elif key.startswith(("decode_head.", "auxiliary_head.")):
+            state[re.sub(r"\.classifier\.", ".conv_seg.", key)] = np.asarray(value)
+        elif not key.startswith("beit."):
+            raise KeyError(f"No mmseg name for {key}")
+    return state
+
+
 def original_state(hf_directory, store_index=True):
     """The unilm state dict of a directory written by `save_pretrained`."""
     return to_original(load_file(os.path.join(hf_directory, "model.safetensors")), store_index)
 
 
 def _torch(state):
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    # np.array copies into a contiguous array and, unlike ascontiguousarray, keeps 0-d scalars 0-d.
+    return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
 
 
 def save_pth(state, path, wrapper="model", **extra):
@@ -112,12 +132,18 @@ def save_pth(state, path, wrapper="model", **extra):
     return str(path)
 
 
+def save_mmseg(state, path, meta):
+    """`torch.save({"state_dict": ..., "meta": meta}, path)`, as mmcv saves a segmentation checkpoint."""
+    torch.save({"state_dict": _torch(state), "meta": meta}, path)
+    return str(path)
+
+
 def save_timm(state, directory, config, weights_file="model.safetensors"):
     """A timm `save_for_hf` directory: config.json plus the state dict in `weights_file`."""
     os.makedirs(directory, exist_ok=True)
     state = {k: v for k, v in state.items() if not k.endswith("relative_position_index")}  # non-persistent in timm
     if weights_file == "model.safetensors":
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(directory, weights_file))
+        save_file({k: np.array(v) for k, v in state.items()}, os.path.join(directory, weights_file))
     else:
         torch.save(_torch(state), os.path.join(directory, weights_file))
     with open(os.path.join(directory, "config.json"), "w") as f:

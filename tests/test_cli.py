@@ -1,25 +1,38 @@
 """The keras-beit command line: convert (with --verify) and presets."""
 
 import os
+import re
 
 import keras
 import numpy as np
+import pytest
 import transformers
+from safetensors.numpy import load_file
 
 import keras_beit
 from keras_beit.cli import main
+from original_checkpoints import original_state
+from original_checkpoints import save_mmseg
+from original_checkpoints import save_pth
+from original_checkpoints import save_timm
+from original_checkpoints import to_mmseg
 from transformers_reference import run
 from transformers_reference import save_model
+
+VERIFIED = re.compile(r"max abs difference against the source implementation \((.*)\): (\S+)")
+
+
+def _verified(printed):
+    """(reference description, error) from the --verify line."""
+    reference, error = VERIFIED.search(printed).groups()
+    return reference, float(error)
 
 
 def test_convert_writes_a_preset_that_matches_the_source(tmp_path, capsys):
     source, output = tmp_path / "hf", tmp_path / "preset"
     reference = save_model(transformers.BeitForImageClassification, source, use_relative_position_bias=True)
     assert main(["convert", str(source), str(output), "--verify"]) == 0
-    printed = capsys.readouterr().out
-    assert "max abs difference against the source implementation" in printed
-    error = float(printed.split("implementation: ")[1].split()[0])
-    assert error <= 1e-4
+    assert _verified(capsys.readouterr().out) <= ("transformers", 1e-4)
     for name in ("config.json", "model.weights.h5", "task.json", "preprocessor.json", "metadata.json"):
         assert os.path.exists(output / name)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".keras_beit")]  # no staging left behind
@@ -43,3 +56,71 @@ def test_presets_lists_the_catalogue(capsys):
     printed = capsys.readouterr().out
     assert "beit_base_patch16_224\n" in printed and "imagenet_top1 85.2" in printed
     assert "beit_base_patch16_640_ade20k" in printed and "microsoft/beit-base-finetuned-ade-640-640" in printed
+
+
+def _original_classifier(tmp_path):
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True, layer_norm_eps=1e-6)
+    return save_pth(original_state(tmp_path / "hf"), tmp_path / "beit_tiny_patch8_32_pt22k_ft22k.pth")
+
+
+def _original_segmenter(tmp_path):
+    save_model(
+        transformers.BeitForSemanticSegmentation, tmp_path / "hf", image_size=48, num_hidden_layers=4,
+        out_indices=[1, 2, 3, 4], auxiliary_channels=16, use_relative_position_bias=True, layer_norm_eps=1e-6,
+    )
+    state = to_mmseg(load_file(tmp_path / "hf" / "model.safetensors"))
+    path = tmp_path / "beit_tiny_patch8_48_ade20k.pth"
+    meta = {"config": "backbone=dict(out_indices=[0, 1, 2, 3])"}
+    return save_mmseg(state, path, meta)
+
+
+def _timm_classifier(tmp_path):
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True, layer_norm_eps=1e-6)
+    config = {
+        "architecture": "beit_base_patch16_224", "num_classes": 5,
+        "model_args": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 1.5},
+    }
+    return save_timm(original_state(tmp_path / "hf", store_index=False), tmp_path / "timm", config)
+
+
+def _transformers_segmenter(tmp_path):
+    # Converted with the original tap points (blocks 0..3 here); --verify must tap the same blocks in transformers.
+    save_model(
+        transformers.BeitForSemanticSegmentation, tmp_path / "hf", image_size=48, num_hidden_layers=4,
+        out_indices=[0, 1, 2, 3], auxiliary_channels=16, use_relative_position_bias=True,
+    )
+    return str(tmp_path / "hf")
+
+
+# timm is not installed in CI, so its directory is checked through the documented renaming into transformers.
+@pytest.mark.parametrize(
+    "source, reference",
+    [
+        (_original_classifier, "transformers, on the original tensors renamed"),
+        (_original_segmenter, "transformers, on the original tensors renamed"),
+        (_timm_classifier, "transformers, on the timm tensors renamed (timm is not installed)"),
+        (_transformers_segmenter, "transformers"),
+    ],
+    ids=["unilm_pth", "mmseg_pth", "timm_directory", "transformers_segmentation_original_taps"],
+)
+def test_verify_runs_the_source_implementation_of_every_format(source, reference, tmp_path, capsys):
+    assert main(["convert", source(tmp_path), str(tmp_path / "preset"), "--verify"]) == 0
+    described, error = _verified(capsys.readouterr().out)
+    assert described == reference and error <= 1e-4
+
+
+def test_verify_reports_a_wrong_conversion(tmp_path, capsys, monkeypatch):
+    source = _original_classifier(tmp_path)
+    from keras_beit.convert import verify
+
+    renamed = verify.original_to_transformers
+    # A reference that swaps two blocks' first norms must be caught.
+    def swapped(state, **kwargs):
+        state = renamed(state, **kwargs)
+        a, b = "beit.encoder.layer.0.layernorm_before.weight", "beit.encoder.layer.1.layernorm_before.weight"
+        state[a], state[b] = state[b], state[a]
+        return state
+
+    monkeypatch.setattr(verify, "original_to_transformers", swapped)
+    assert main(["convert", source, str(tmp_path / "preset"), "--verify"]) == 1
+    assert _verified(capsys.readouterr().out)[1] > 1e-4

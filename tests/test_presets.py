@@ -153,3 +153,33 @@ def test_catalogue_names_resolve_through_their_source(offline_hub, monkeypatch):
     theirs = keras_hub.models.ImageClassifier.from_preset("beit_tiny_test")
     assert isinstance(theirs, keras_beit.BEiTImageClassifier)
     assert _max_error(theirs(images), expected) <= 1e-4
+
+
+def _catalogue_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "presets", "convert_catalogue.py")
+    spec = importlib.util.spec_from_file_location("convert_catalogue", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_presets_readme_shows_the_catalogue_as_it_is():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "presets", "README.md")).read()
+    table = _catalogue_script().catalogue_table()
+    assert table in readme
+    assert table.count("\n| `") == len(CATALOGUE) + 1  # every entry and the bundled preset
+
+
+def test_catalogue_script_converts_and_verifies_each_entry(offline_hub, monkeypatch, tmp_path, capsys):
+    offline_hub("microsoft/beit-tiny-224", transformers.BeitForImageClassification, use_relative_position_bias=True)
+    entry = {**CATALOGUE["beit_base_patch16_224"], "sources": {"hf": "microsoft/beit-tiny-224"}}
+    monkeypatch.setitem(CATALOGUE, "beit_tiny_test", entry)
+    script = _catalogue_script()
+    assert script.main([str(tmp_path / "out"), "beit_tiny_test"]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs difference against the source implementation (transformers)" in printed
+    assert os.path.isfile(tmp_path / "out" / "beit_tiny_test" / "model.weights.h5")
+    assert script.main([str(tmp_path / "out"), "beit_tiny_test"]) == 0  # a second run skips it
+    assert "already converted" in capsys.readouterr().out

@@ -104,16 +104,30 @@ def bundled_path(name):
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", name)
 
 
+def _repo_id(handle):
+    if handle in CATALOGUE:
+        sources = CATALOGUE[handle]["sources"]
+        return sources.get("hf") or sources["timm"]
+    return handle[len(HF_PREFIX):]
+
+
+def source_path(handle):
+    """The local checkpoint behind a handle: the download of a catalogue name or hf:// repo, else the path."""
+    if handle in BUNDLED:
+        raise ValueError(f"{handle} is a preset trained here; it has no source checkpoint to verify against.")
+    if handle in CATALOGUE or handle.startswith(HF_PREFIX):
+        return download_hf(_repo_id(handle))
+    return handle
+
+
 def resolve(handle):
     """A converted, cached preset directory for a catalogue name or hf:// handle."""
     if handle in BUNDLED:
         return bundled_path(handle)
+    repo_id = _repo_id(handle)
     if handle in CATALOGUE:
-        sources = CATALOGUE[handle]["sources"]
-        repo_id = sources.get("hf") or sources["timm"]
         target = os.path.join(cache_dir(), "catalogue", handle)
     else:
-        repo_id = handle[len(HF_PREFIX):]
         target = os.path.join(cache_dir(), "hf", repo_id.replace("/", "--"))
     if not _is_converted(target):
         convert(download_hf(repo_id), target)

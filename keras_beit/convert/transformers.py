@@ -13,6 +13,8 @@ from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
+from keras_beit.convert.mmseg import fpn_weights
+from keras_beit.convert.mmseg import segmentation_head_weights
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign
@@ -129,52 +131,6 @@ def _pyramid_config(config, tap_points):
             "use_fpn": bool(config.get("add_fpn", False)),
         }
     return {}
-
-
-def _batch_norm(layer, key):
-    yield from _norm(layer, key)
-    yield layer.moving_mean, f"{key}.running_mean", None
-    yield layer.moving_variance, f"{key}.running_var", None
-
-
-def _conv(layer, key):
-    yield layer.kernel, f"{key}.weight", conv
-    if layer.use_bias:
-        yield layer.bias, f"{key}.bias", None
-
-
-def _conv_module(block, key):
-    """mmseg's ConvModule ({key}.conv, {key}.bn) onto a ConvBNReLU."""
-    yield from _conv(block.conv, f"{key}.conv")
-    yield from _batch_norm(block.norm, f"{key}.bn")
-
-
-def fpn_weights(fpn):
-    # ConvTranspose2d stores (in, out, kh, kw); Keras wants (kh, kw, out, in): the same transpose.
-    yield from _conv(fpn.fpn1_conv1, "fpn1.0")
-    yield from _batch_norm(fpn.fpn1_norm, "fpn1.1")
-    yield from _conv(fpn.fpn1_conv2, "fpn1.3")
-    yield from _conv(fpn.fpn2_conv, "fpn2.0")
-
-
-def segmentation_head_weights(task):
-    decode = task.decode_head
-    for j, block in enumerate(decode.psp_convs):
-        yield from _conv_module(block, f"decode_head.psp_modules.{j}.1")
-    yield from _conv_module(decode.bottleneck, "decode_head.bottleneck")
-    for j, block in enumerate(decode.lateral_convs):
-        yield from _conv_module(block, f"decode_head.lateral_convs.{j}")
-    for j, block in enumerate(decode.fpn_convs):
-        yield from _conv_module(block, f"decode_head.fpn_convs.{j}")
-    yield from _conv_module(decode.fpn_bottleneck, "decode_head.fpn_bottleneck")
-    yield from _conv(decode.classifier, "decode_head.classifier")
-    if task.auxiliary_head is not None:
-        auxiliary = task.auxiliary_head
-        for k, block in enumerate(auxiliary.convs):
-            yield from _conv_module(block, f"auxiliary_head.convs.{k}")
-        if auxiliary.conv_cat is not None:
-            yield from _conv_module(auxiliary.conv_cat, "auxiliary_head.conv_cat")
-        yield from _conv(auxiliary.classifier, "auxiliary_head.classifier")
 
 
 def backbone_weights(backbone, prefix):

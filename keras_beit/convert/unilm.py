@@ -15,7 +15,8 @@ The state dict sits under "model" or "module" (BEiT v2 files kept DDP's
 patch-aggregation head (`cls_pt_layers.*`, `cls_pt_norm`, `cls_pt_lm_head`)
 is dropped. Files are read with `torch.load(weights_only=True)`; a pickle
 that would run code is refused before any of it runs. mmseg segmentation
-files (under "state_dict", keys prefixed `backbone.`) are not claimed here.
+files (under "state_dict", keys prefixed `backbone.`) are left to
+`keras_beit.convert.mmseg`, which builds on this module.
 
 There is no config: the architecture is read from tensor shapes (width
 from `cls_token`, depth from the block indices, heads from a table's width,
@@ -172,23 +173,30 @@ def is_original_layout(state):
     return "cls_token" in state and "patch_embed.proj.weight" in state and "blocks.0.attn.qkv.weight" in state
 
 
-def read_checkpoint(path):
-    """The tensors of an original `.pth`, or None when the file is not in this layout.
+def read_original_file(path):
+    """The unpickled contents of an original `.pth`, read with `weights_only=True`.
 
-    Read with `weights_only=True`; `argparse.Namespace` (the training
-    arguments some released files keep next to the weights) is also allowed:
-    it only ever receives attribute values, which are unpickled under the
-    same restrictions.
+    `argparse.Namespace` (the training arguments some released files keep
+    next to the weights) is also allowed: it only ever receives attribute
+    values, which are unpickled under the same restrictions.
     """
     import torch
 
     with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = read_pickled_state_dict(path)
-    state = unwrap_checkpoint(checkpoint)
+        return read_pickled_state_dict(path)
+
+
+def tensors_only(state):
+    """The array entries of a state dict, as numpy."""
+    return to_numpy({k: v for k, v in state.items() if hasattr(v, "detach") or isinstance(v, np.ndarray)})
+
+
+def read_checkpoint(path):
+    """The tensors of an original `.pth`, or None when the file is not in this layout."""
+    state = unwrap_checkpoint(read_original_file(path))
     if not isinstance(state, dict):
         return None
-    tensors = {k: v for k, v in state.items() if hasattr(v, "detach") or isinstance(v, np.ndarray)}
-    tensors = normalize_state(to_numpy(tensors))
+    tensors = normalize_state(tensors_only(state))
     if not is_original_layout(tensors):
         return None
     return tensors
