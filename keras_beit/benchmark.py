@@ -2,6 +2,7 @@
 
     python -m keras_beit.benchmark [--backends tensorflow jax torch] [--cases base224_b1 ...]
                                    [--repeats 5] [--json results.json] [--quick]
+    python -m keras_beit.benchmark --show results.json
 
 Every measurement runs in a fresh process (so peak resident memory is that of
 one model and one implementation), and keras_beit and transformers runs are
@@ -35,13 +36,30 @@ CASES = {
 }
 
 
-def _model_flops(size, image, patch=16):
-    """Forward multiply-adds x 2 of the transformer body (the 35.1 GFLOP of BEiT-B/16 at 224)."""
+def _model_flops(size, image, patch=16, task="classifier"):
+    """Forward multiply-adds x 2 (the 35.1 GFLOP of BEiT-B/16 at 224), with the heads for a segmenter."""
     tokens = (image // patch) ** 2 + 1
     d, i, layers = size["hidden_size"], size["intermediate_size"], size["num_hidden_layers"]
     per_layer = tokens * (4 * d * d + 2 * d * i) + 2 * tokens * tokens * d
     embed = (image // patch) ** 2 * (3 * patch * patch) * d
-    return 2 * (layers * per_layer + embed)
+    heads = _segmentation_head_macs(d, image // patch) if task == "segmenter" else 0
+    return 2 * (layers * per_layer + embed + heads)
+
+
+def _segmentation_head_macs(d, grid, classes=150, auxiliary=256, pool_scales=(1, 2, 3, 6)):
+    """Multiply-adds of the FPN neck, UperNet (d channels) and the FCN auxiliary head.
+
+    At 640 these outweigh the encoder four to one: UperNet's 3x3 convolutions
+    run at a quarter of the input resolution with d or 4d input channels.
+    """
+    levels = [(grid * 4) ** 2, (grid * 2) ** 2, grid**2, (grid // 2) ** 2]  # pixels at 1/4 .. 1/32
+    neck = grid**2 * d * d * 4 * 2 + (grid * 2) ** 2 * d * d * 4  # the stride-2 transposed convolutions
+    pyramid_pooling = sum(s * s for s in pool_scales) * d * d + levels[3] * (d + len(pool_scales) * d) * d * 9
+    laterals = sum(levels[:3]) * d * d
+    fpn_convs = sum(levels[:3]) * d * d * 9
+    fuse = levels[0] * 4 * d * d * 9 + levels[0] * d * classes
+    auxiliary_head = levels[2] * d * auxiliary * 9 + levels[2] * auxiliary * classes
+    return neck + pyramid_pooling + laterals + fpn_convs + fuse + auxiliary_head
 
 
 def _beit_config(case):
@@ -160,11 +178,23 @@ def run_gemm(dtype, quick, repeats):
     return max(best.values()), best
 
 
+def _case(name, quick):
+    case = dict(CASES[name])
+    if quick:
+        case.update(size=TINY, image=64 if case["task"] != "segmenter" else 128)
+    return case
+
+
+def gflop_per_image(name, quick=False):
+    case = _case(name, quick)
+    flops = _model_flops(case["size"], case["image"], task=case["task"]) / 1e9
+    # A training step is a forward and a backward pass: about three forwards' worth of matmuls.
+    return flops * 3 if case["task"] == "train" else flops
+
+
 def child(args):
     """One measurement in this process; prints a JSON line."""
-    case = dict(CASES[args.case])
-    if args.quick:
-        case.update(size=TINY, image=64 if case["task"] != "segmenter" else 128)
+    case = _case(args.case, args.quick)
     if args.impl == "gemm":
         gflops, by_library = run_gemm(args.dtype, args.quick, args.repeats)
         result = {"gflops": gflops, "gflops_by_library": by_library}
@@ -174,8 +204,7 @@ def child(args):
         result = {"seconds": run_transformers(case, args.impl.split("_")[1], args.repeats)}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["images_per_second"] = case["batch"] / result["seconds"] if "seconds" in result else None
-    # A training step is a forward and a backward pass: about three forwards' worth of matmuls.
-    result["gflop_per_image"] = _model_flops(case["size"], case["image"]) / 1e9 * (3 if case["task"] == "train" else 1)
+    result["gflop_per_image"] = gflop_per_image(args.case, args.quick)
     print(json.dumps(result))
 
 
@@ -186,6 +215,28 @@ def _spawn(backend, *argv):
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_table(results):
+    """Ratios against transformers SDPA and the fraction of the machine's GEMM limit, case by case."""
+    fp32 = results["gemm"]["float32"].get("gflops")
+    bf16 = results["gemm"]["bfloat16"].get("gflops")
+    for dtype, r in results["gemm"].items():
+        libraries = ", ".join(f"{k} {v:.0f}" for k, v in r.get("gflops_by_library", {}).items())
+        print(f"machine matmul throughput at BEiT's shapes, {dtype}: {r.get('gflops', float('nan')):.1f} GFLOP/s ({libraries})")
+    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}")
+    for name, row in results["cases"].items():
+        reference = row.get("transformers_sdpa", {}).get("images_per_second")
+        work = gflop_per_image(name, results.get("quick", False))
+        for impl, r in row.items():
+            if "error" in r:
+                print(f"{name:<20}{impl:<26}  error: {r['error'][:60]}")
+                continue
+            ips = r["images_per_second"]
+            ratio = ips / reference if reference else float("nan")
+            gemm = bf16 if CASES[name].get("bf16") else fp32  # the bf16 cases against the bf16 limit
+            limit = ips * work / gemm if gemm else float("nan")
+            print(f"{name:<20}{impl:<26}{ips:>9.3f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}")
 
 
 def main(argv=None):
@@ -199,12 +250,18 @@ def main(argv=None):
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--show", metavar="JSON", help="print the table of a saved run and exit")
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
+    if args.show:
+        with open(args.show) as f:
+            results = json.load(f)
+        print_table(results)
+        return results
 
     common = ["--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
-    results = {"gemm": {}, "cases": {}}
+    results = {"gemm": {}, "cases": {}, "quick": args.quick}
     for dtype in ("float32", "bfloat16"):
         results["gemm"][dtype] = _spawn(None, "--impl", "gemm", "--dtype", dtype, "--case", "base224_b1", *common)
     for name in args.cases:
@@ -221,23 +278,7 @@ def main(argv=None):
             row[reference] = sorted(good, key=lambda r: r["seconds"])[len(good) // 2] if good else runs[0]
         results["cases"][name] = row
 
-    fp32 = results["gemm"]["float32"].get("gflops")
-    bf16 = results["gemm"]["bfloat16"].get("gflops")
-    for dtype, r in results["gemm"].items():
-        libraries = ", ".join(f"{k} {v:.0f}" for k, v in r.get("gflops_by_library", {}).items())
-        print(f"machine matmul throughput at BEiT's shapes, {dtype}: {r.get('gflops', float('nan')):.1f} GFLOP/s ({libraries})")
-    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}")
-    for name, row in results["cases"].items():
-        reference = row.get("transformers_sdpa", {}).get("images_per_second")
-        for impl, r in row.items():
-            if "error" in r:
-                print(f"{name:<20}{impl:<26}  error: {r['error'][:60]}")
-                continue
-            ips = r["images_per_second"]
-            ratio = ips / reference if reference else float("nan")
-            gemm = bf16 if CASES[name].get("bf16") else fp32  # the bf16 cases against the bf16 limit
-            limit = ips * r["gflop_per_image"] / gemm if gemm else float("nan")
-            print(f"{name:<20}{impl:<26}{ips:>9.2f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}")
+    print_table(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,0 +1,59 @@
+"""The benchmark's arithmetic: the work it credits each model with and the table it prints.
+
+Speed itself is never asserted here; `python -m keras_beit.benchmark` measures it.
+"""
+
+import json
+
+import pytest
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+
+from keras_beit import benchmark
+
+TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
+
+
+def test_beit_base_at_224_is_credited_with_the_published_35_1_gflop():
+    assert benchmark.gflop_per_image("base224_b1") == pytest.approx(35.1, abs=0.05)
+
+
+def test_a_training_step_is_credited_with_three_forward_passes():
+    assert benchmark.gflop_per_image("base224_train_b8") == pytest.approx(3 * 35.1, abs=0.15)
+
+
+def test_segmenter_work_matches_torch_flop_counter_on_transformers_segmentation_model():
+    # UperNet's convolutions at a quarter of 640 outweigh the encoder; the
+    # count must include them, or the fraction of the GEMM limit is 5x too low.
+    config = transformers.BeitConfig(
+        image_size=640, patch_size=16, use_relative_position_bias=True, num_labels=150,
+        out_indices=[1, 2, 3, 4], **TINY,
+    )
+    config._attn_implementation = "eager"
+    model = transformers.BeitForSemanticSegmentation(config).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(pixel_values=torch.zeros(1, 3, 640, 640))
+    assert benchmark._model_flops(TINY, 640, task="segmenter") == counter.get_total_flops()
+
+
+def test_show_prints_ratios_against_sdpa_and_the_fraction_of_the_gemm_limit(tmp_path, capsys):
+    results = {
+        "quick": False,
+        "gemm": {"float32": {"gflops": 351.0}, "bfloat16": {"gflops": 702.0}},
+        "cases": {
+            "base224_b1": {
+                "keras_beit_jax": {"images_per_second": 4.0, "peak_rss_mb": 1000.0},
+                "transformers_sdpa": {"images_per_second": 2.0, "peak_rss_mb": 900.0},
+            }
+        },
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    benchmark.main(["--show", str(path)])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("base224_b1")]
+    # 4 img/s x 35.1 GFLOP = 140.4 GFLOP/s = 40% of 351.
+    assert rows == [
+        ["base224_b1", "keras_beit_jax", "4.000", "2.00", "40%", "1000"],
+        ["base224_b1", "transformers_sdpa", "2.000", "1.00", "20%", "900"],
+    ]
