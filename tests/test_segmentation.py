@@ -207,3 +207,17 @@ def test_post_process_matches_transformers(tmp_path):
     for mine, theirs in zip(ours, expected):
         assert (mine == theirs.numpy()).mean() > 0.999
     np.testing.assert_array_equal(_numpy(_segmenter().post_process(logits)), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (0, 1, 1, 2)], ids=["last_block_tapped", "blocks_after_last_tap"])
+def test_every_layer_is_built_once_the_segmenter_is_constructed(out_indices):
+    # An unbuilt layer makes Keras' jax predict_on_batch run the whole model
+    # eagerly before the compiled call, every call.
+    backbone = keras_beit.BEiTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, hidden_dim=16, num_layers=4, num_heads=2,
+        intermediate_dim=32, use_relative_position_bias=True, drop_path_rate=0.1,
+        out_indices=out_indices, use_fpn=True,
+    )
+    segmenter = keras_beit.BEiTImageSegmenter(backbone, num_classes=3, pool_scales=(1, 2, 3, 6))
+    unbuilt = [layer.name for layer in segmenter._flatten_layers() if not layer.built]
+    assert unbuilt == []

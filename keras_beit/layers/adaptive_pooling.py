@@ -42,6 +42,7 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         super().__init__(**kwargs)
         self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
         self._out_h, self._out_w = _pair(output_size)
+        self.built = True  # no weights: the pooling matrices follow the input size
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]

@@ -18,6 +18,10 @@ class DropPath(keras.layers.Layer):
         self.rate = rate
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if rate > 0 else None
+        # No weights to create. A layer left unbuilt (a block after the last
+        # tapped one never runs) makes jax's predict_on_batch re-run the
+        # whole model eagerly on every call.
+        self.built = True
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0:
