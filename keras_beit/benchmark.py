@@ -151,9 +151,13 @@ def run_gemm(dtype, quick, repeats):
     timed on every BEiT shape; the limit is the highest throughput seen, so
     a library with a slow GEMM on this CPU does not lower the bar.
     """
-    import numpy as np
     import torch
 
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        jax = None
     best = {}
     for tokens, k, n in _gemm_shapes(quick):
         flops = 10 * 2 * tokens * k * n
@@ -163,12 +167,7 @@ def run_gemm(dtype, quick, repeats):
         if dtype == "float32":
             a_np, b_np = a.numpy(), b.numpy()
             candidates["numpy"] = lambda: [a_np @ b_np for _ in range(10)]
-        try:
-            import jax
-            import jax.numpy as jnp
-        except ImportError:
-            pass
-        else:
+        if jax is not None:
             a_jax = jnp.asarray(a.float().numpy(), dtype=dtype)
             b_jax = jnp.asarray(b.float().numpy(), dtype=dtype)
             product = jax.jit(lambda x, y: x @ y)
