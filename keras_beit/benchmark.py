@@ -1,13 +1,15 @@
 """Throughput and memory of keras_beit against transformers, side by side.
 
     python -m keras_beit.benchmark [--backends tensorflow jax torch] [--cases base224_b1 ...]
-                                   [--repeats 5] [--json results.json] [--quick]
+                                   [--repeats 5] [--rounds 1] [--json results.json] [--quick]
     python -m keras_beit.benchmark --show results.json
 
 Every measurement runs in a fresh process (so peak resident memory is that of
 one model and one implementation), and keras_beit and transformers runs are
 interleaved case by case. Each figure is the median of `--repeats` timed runs
-after a warm-up. The table prints ratios (ours / transformers SDPA), the
+after a warm-up; `--rounds N` repeats every process N times, interleaved,
+keeps the median process and reports the spread between them, which on a
+shared machine is the error bar of a ratio. The table prints ratios (ours / transformers SDPA), the
 machine's measured fp32 and bf16 matmul throughput at BEiT's shapes, and the
 fraction of it each model achieves. `--quick` uses tiny models, to check the
 script itself. This is a benchmark, not a test: nothing here asserts a speed.
@@ -216,6 +218,22 @@ def _spawn(backend, *argv):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def summarise_runs(runs):
+    """The median of several processes' results, with their spread in images/s.
+
+    Errors are dropped unless every run failed. The spread, (fastest -
+    slowest) / median, is there only when two or more runs finished.
+    """
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    median = dict(sorted(good, key=lambda r: r["seconds"])[len(good) // 2])
+    if len(good) > 1:
+        speeds = [r["images_per_second"] for r in good]
+        median["spread"] = (max(speeds) - min(speeds)) / median["images_per_second"]
+    return median
+
+
 def print_table(results):
     """Ratios against transformers SDPA and the fraction of the machine's GEMM limit, case by case."""
     fp32 = results["gemm"]["float32"].get("gflops")
@@ -223,7 +241,7 @@ def print_table(results):
     for dtype, r in results["gemm"].items():
         libraries = ", ".join(f"{k} {v:.0f}" for k, v in r.get("gflops_by_library", {}).items())
         print(f"machine matmul throughput at BEiT's shapes, {dtype}: {r.get('gflops', float('nan')):.1f} GFLOP/s ({libraries})")
-    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}")
+    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}{'spread':>8}")
     for name, row in results["cases"].items():
         reference = row.get("transformers_sdpa", {}).get("images_per_second")
         work = gflop_per_image(name, results.get("quick", False))
@@ -235,7 +253,8 @@ def print_table(results):
             ratio = ips / reference if reference else float("nan")
             gemm = bf16 if CASES[name].get("bf16") else fp32  # the bf16 cases against the bf16 limit
             limit = ips * work / gemm if gemm else float("nan")
-            print(f"{name:<20}{impl:<26}{ips:>9.3f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}")
+            spread = f"{r['spread']:.0%}" if "spread" in r else "-"
+            print(f"{name:<20}{impl:<26}{ips:>9.3f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}{spread:>8}")
 
 
 def main(argv=None):
@@ -243,6 +262,7 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1, help="processes per implementation and case, interleaved")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="tiny models: check the script, not the speed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -264,18 +284,17 @@ def main(argv=None):
     for dtype in ("float32", "bfloat16"):
         results["gemm"][dtype] = _spawn(None, "--impl", "gemm", "--dtype", dtype, "--case", "base224_b1", *common)
     for name in args.cases:
-        row, reference_runs = {}, {}
         references = ["transformers_sdpa"] + ([] if CASES[name]["task"] == "train" else ["transformers_eager"])
-        for backend in args.backends:  # interleaved: the references run next to every backend
-            for reference in references:
-                reference_runs.setdefault(reference, []).append(
-                    _spawn(None, "--impl", reference, "--case", name, *common)
+        runs = {f"keras_beit_{backend}": [] for backend in args.backends}
+        runs.update({reference: [] for reference in references})
+        for _ in range(args.rounds):
+            for backend in args.backends:  # interleaved: the references run next to every backend
+                for reference in references:
+                    runs[reference].append(_spawn(None, "--impl", reference, "--case", name, *common))
+                runs[f"keras_beit_{backend}"].append(
+                    _spawn(backend, "--impl", "keras_beit", "--case", name, *common)
                 )
-            row[f"keras_beit_{backend}"] = _spawn(backend, "--impl", "keras_beit", "--case", name, *common)
-        for reference, runs in reference_runs.items():
-            good = [r for r in runs if "error" not in r]
-            row[reference] = sorted(good, key=lambda r: r["seconds"])[len(good) // 2] if good else runs[0]
-        results["cases"][name] = row
+        results["cases"][name] = {impl: summarise_runs(r) for impl, r in runs.items()}
 
     print_table(results)
     if args.json:

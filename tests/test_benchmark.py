@@ -44,7 +44,7 @@ def test_show_prints_ratios_against_sdpa_and_the_fraction_of_the_gemm_limit(tmp_
         "cases": {
             "base224_b1": {
                 "keras_beit_jax": {"images_per_second": 4.0, "peak_rss_mb": 1000.0},
-                "transformers_sdpa": {"images_per_second": 2.0, "peak_rss_mb": 900.0},
+                "transformers_sdpa": {"images_per_second": 2.0, "peak_rss_mb": 900.0, "spread": 0.125},
             }
         },
     }
@@ -54,6 +54,24 @@ def test_show_prints_ratios_against_sdpa_and_the_fraction_of_the_gemm_limit(tmp_
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("base224_b1")]
     # 4 img/s x 35.1 GFLOP = 140.4 GFLOP/s = 40% of 351.
     assert rows == [
-        ["base224_b1", "keras_beit_jax", "4.000", "2.00", "40%", "1000"],
-        ["base224_b1", "transformers_sdpa", "2.000", "1.00", "20%", "900"],
+        ["base224_b1", "keras_beit_jax", "4.000", "2.00", "40%", "1000", "-"],
+        ["base224_b1", "transformers_sdpa", "2.000", "1.00", "20%", "900", "12%"],
     ]
+
+
+def test_rounds_keep_the_median_process_and_report_the_spread_of_the_finished_ones():
+    runs = [
+        {"seconds": 2.0, "images_per_second": 0.5, "peak_rss_mb": 1.0},
+        {"error": "killed"},
+        {"seconds": 1.0, "images_per_second": 1.0, "peak_rss_mb": 2.0},
+        {"seconds": 4.0, "images_per_second": 0.25, "peak_rss_mb": 3.0},
+    ]
+    summary = benchmark.summarise_runs(runs)
+    assert summary["seconds"] == 2.0 and summary["peak_rss_mb"] == 1.0
+    # (1.0 - 0.25) img/s over the median 0.5 img/s.
+    assert summary["spread"] == pytest.approx(1.5)
+
+
+def test_a_single_run_has_no_spread_and_all_failed_runs_report_the_first_error():
+    assert "spread" not in benchmark.summarise_runs([{"seconds": 1.0, "images_per_second": 1.0}])
+    assert benchmark.summarise_runs([{"error": "a"}, {"error": "b"}]) == {"error": "a"}
