@@ -9,9 +9,9 @@ one model and one implementation), and keras_beit and transformers runs are
 interleaved case by case. Each figure is the median of `--repeats` timed runs
 after a warm-up; `--rounds N` repeats every process N times, interleaved,
 keeps the median process and reports the spread between them, which on a
-shared machine is the error bar of a ratio. The table prints ratios (ours / transformers SDPA), the
-machine's measured fp32 and bf16 matmul throughput at BEiT's shapes, and the
-fraction of it each model achieves. `--quick` uses tiny models, to check the
+shared machine is the error bar of a ratio. The table prints ratios (ours /
+transformers SDPA), the machine's measured fp32 and bf16 matmul throughput
+at BEiT's shapes, and the fraction of it each model achieves. `--quick` uses tiny models, to check the
 script itself. This is a benchmark, not a test: nothing here asserts a speed.
 """
 
@@ -271,6 +271,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--show", metavar="JSON", help="print the table of a saved run and exit")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1; received {args.rounds}.")
     if args.child:
         return child(args)
     if args.show:

@@ -75,3 +75,9 @@ def test_rounds_keep_the_median_process_and_report_the_spread_of_the_finished_on
 def test_a_single_run_has_no_spread_and_all_failed_runs_report_the_first_error():
     assert "spread" not in benchmark.summarise_runs([{"seconds": 1.0, "images_per_second": 1.0}])
     assert benchmark.summarise_runs([{"error": "a"}, {"error": "b"}]) == {"error": "a"}
+
+
+def test_fewer_than_one_round_is_refused_with_the_value_received(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--rounds", "0"])
+    assert "--rounds must be at least 1; received 0" in capsys.readouterr().err
