@@ -11,8 +11,9 @@ after a warm-up; `--rounds N` repeats every process N times, interleaved,
 keeps the median process and reports the spread between them, which on a
 shared machine is the error bar of a ratio. The table prints ratios (ours /
 transformers SDPA), the machine's measured fp32 and bf16 matmul throughput
-at BEiT's shapes, and the fraction of it each model achieves. `--quick` uses tiny models, to check the
-script itself. This is a benchmark, not a test: nothing here asserts a speed.
+at BEiT's shapes, and the fraction of it each model achieves. `--quick` uses
+tiny models, to check the script itself. This is a benchmark, not a test:
+nothing here asserts a speed.
 """
 
 import argparse
