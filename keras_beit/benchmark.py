@@ -206,7 +206,6 @@ def child(args):
         result = {"seconds": run_transformers(case, args.impl.split("_")[1], args.repeats)}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["images_per_second"] = case["batch"] / result["seconds"] if "seconds" in result else None
-    result["gflop_per_image"] = gflop_per_image(args.case, args.quick)
     print(json.dumps(result))
 
 
