@@ -47,6 +47,16 @@ def test_relative_position_index_counts_offsets_row_major():
     assert index[0, 0] == 17 and index[0, 3] == 15 and index[3, 0] == 16
 
 
+def test_relative_position_index_is_the_same_for_grid_sizes_given_as_tensors():
+    # A graph with an unknown image size passes the grid as tensors; the index
+    # must not depend on how the sizes arrive.
+    height, width = keras.ops.convert_to_tensor(4), keras.ops.convert_to_tensor(4)
+    index = _numpy(relative_position_index(height, width))
+    assert index.shape == (17, 17)
+    assert index[0, 0] == 51 and index[0, 1] == 49 and index[1, 0] == 50 and index[1, 1] == 24
+    assert index[1, 16] == 0 and index[16, 1] == 48
+
+
 def test_relative_position_bias_matches_transformers_at_a_new_grid(rng):
     from transformers import BeitConfig
     from transformers.models.beit.modeling_beit import BeitRelativePositionBias

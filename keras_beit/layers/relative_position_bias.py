@@ -1,6 +1,9 @@
 """BEiT's relative position bias, resized to the input's patch grid at call time."""
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_beit.layers.interpolation import resize_grid
@@ -20,24 +23,48 @@ def relative_position_index(grid_height, grid_width):
     (2h - 1) x (2w - 1) grid. The three CLS rows follow, in the original's
     order: CLS query to a patch, a patch query to CLS, CLS to CLS.
     """
-    rows = ops.arange(grid_height, dtype="int32")
-    cols = ops.arange(grid_width, dtype="int32")
+    # A copy: the cached numpy index must not be shared with a caller who may write to it.
+    return ops.copy(_index_for(grid_height, grid_width))
+
+
+def _index_for(grid_height, grid_width):
+    if _static(grid_height, grid_width):
+        return _static_index(grid_height, grid_width)
+    return _index(ops, grid_height, grid_width)
+
+
+def _static(*sizes):
+    # Grid sizes are tensors only in a graph with an unknown image size.
+    return all(isinstance(s, int) for s in sizes)
+
+
+@functools.lru_cache(maxsize=32)
+def _static_index(grid_height, grid_width):
+    # Every block of every call needs the same index; built once in numpy, it
+    # costs eager backends nothing per call and compiled ones a constant.
+    return _index(np, grid_height, grid_width)
+
+
+def _index(xp, grid_height, grid_width):
+    """The index, with `xp` numpy for a known grid or keras.ops for a traced one."""
+    rows = xp.arange(grid_height, dtype="int32")
+    cols = xp.arange(grid_width, dtype="int32")
     dy = rows[:, None] - rows[None, :] + grid_height - 1
     dx = cols[:, None] - cols[None, :] + grid_width - 1
     pairs = dy[:, None, :, None] * (2 * grid_width - 1) + dx[None, :, None, :]
     num_patches = grid_height * grid_width
-    pairs = ops.reshape(pairs, (num_patches, num_patches))
+    pairs = xp.reshape(pairs, (num_patches, num_patches))
     offsets = (2 * grid_height - 1) * (2 * grid_width - 1)
-    patch_to_cls = ops.full((num_patches, 1), offsets + 1, dtype="int32")
-    cls_row = ops.concatenate(
+    patch_to_cls = xp.full((num_patches, 1), offsets + 1, dtype="int32")
+    cls_row = xp.concatenate(
         [
-            ops.full((1, 1), offsets + 2, dtype="int32"),
-            ops.full((1, num_patches), offsets, dtype="int32"),
+            xp.full((1, 1), offsets + 2, dtype="int32"),
+            xp.full((1, num_patches), offsets, dtype="int32"),
         ],
         axis=1,
     )
-    body = ops.concatenate([patch_to_cls, pairs], axis=1)
-    return ops.concatenate([cls_row, body], axis=0)
+    body = xp.concatenate([patch_to_cls, pairs], axis=1)
+    return xp.concatenate([cls_row, body], axis=0)
 
 
 def grid_bias(table, window_size, grid_height, grid_width):
@@ -51,10 +78,7 @@ def grid_bias(table, window_size, grid_height, grid_width):
     offsets = ops.reshape(
         table[:num_offsets], (2 * window_size[0] - 1, 2 * window_size[1] - 1, -1)
     )
-    # Grid sizes are tensors only in a graph with an unknown image size.
-    same_grid = (grid_height, grid_width) == tuple(window_size) if all(
-        isinstance(s, int) for s in (grid_height, grid_width)
-    ) else False
+    same_grid = _static(grid_height, grid_width) and (grid_height, grid_width) == tuple(window_size)
     if not same_grid:
         offsets = resize_grid(
             offsets, 2 * grid_height - 1, 2 * grid_width - 1, "bilinear"
@@ -63,8 +87,8 @@ def grid_bias(table, window_size, grid_height, grid_width):
     resized = ops.concatenate(
         [ops.reshape(offsets, (-1, heads)), table[num_offsets:]], axis=0
     )
-    index = relative_position_index(grid_height, grid_width)
-    bias = ops.take(resized, ops.reshape(index, (-1,)), axis=0)
+    index = ops.reshape(_index_for(grid_height, grid_width), (-1,))
+    bias = ops.take(resized, index, axis=0)
     tokens = grid_height * grid_width + 1
     return ops.transpose(ops.reshape(bias, (tokens, tokens, heads)), (2, 0, 1))
 
