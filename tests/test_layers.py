@@ -121,6 +121,24 @@ def test_block_without_layer_scale_has_no_lambda_weights():
     assert sorted(w.name for w in scaled.weights if "lambda" in w.name) == ["lambda_1", "lambda_2"]
 
 
+def test_block_dropout_acts_in_training_only(rng):
+    block = BEiTBlock(16, 4, 32, dropout_rate=0.5)
+    x = rng.normal(size=(2, 5, 16)).astype("float32")
+    inference = _numpy(block(x))
+    np.testing.assert_array_equal(_numpy(block(x, training=False)), inference)
+    assert np.abs(_numpy(block(x, training=True)) - inference).max() > 1e-3
+
+
+def test_block_does_not_call_its_inactive_regularisers(rng):
+    # Skipped rather than called: an eager layer call costs Python time even when it does nothing.
+    block = BEiTBlock(16, 4, 32, dropout_rate=0.0, drop_path_rate=0.0)
+    calls = []
+    for layer in (block.dropout, block.drop_path):
+        layer.call = lambda inputs, training=None, name=layer.name: calls.append(name) or inputs
+    block(rng.normal(size=(2, 5, 16)).astype("float32"), training=True)
+    assert calls == []
+
+
 def test_drop_path_drops_whole_samples_and_rescales_the_rest():
     layer = DropPath(0.5, seed=1)
     x = np.ones((64, 3, 2), "float32")
