@@ -87,10 +87,9 @@ def grid_bias(table, window_size, grid_height, grid_width):
     resized = ops.concatenate(
         [ops.reshape(offsets, (-1, heads)), table[num_offsets:]], axis=0
     )
-    index = ops.reshape(_index_for(grid_height, grid_width), (-1,))
-    bias = ops.take(resized, index, axis=0)
-    tokens = grid_height * grid_width + 1
-    return ops.transpose(ops.reshape(bias, (tokens, tokens, heads)), (2, 0, 1))
+    # Taking rows with the (N + 1, N + 1) index gives (N + 1, N + 1, heads) directly.
+    bias = ops.take(resized, _index_for(grid_height, grid_width), axis=0)
+    return ops.transpose(bias, (2, 0, 1))
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
