@@ -50,6 +50,39 @@ def test_attention_softmax_runs_in_float32_under_mixed_precision(mixed_bfloat16)
     )
 
 
+def _attention_inputs():
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(2, 5, 16)).astype("float32"), rng.normal(size=(1, 4, 5, 5)).astype("float32")
+
+
+def test_mixed_precision_inference_takes_the_fused_attention_op(mixed_bfloat16, monkeypatch):
+    # The fused op is the fast path on every backend; half precision must not fall back to the explicit one.
+    calls = []
+    fused = keras.ops.dot_product_attention
+    monkeypatch.setattr(keras.ops, "dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    layer = keras_beit.layers.BEiTAttention(16, 4)
+    layer(*_attention_inputs())
+    assert calls == [1]
+
+
+def test_mixed_precision_attention_matches_float64_arithmetic(mixed_bfloat16):
+    x, bias = _attention_inputs()
+    layer = keras_beit.layers.BEiTAttention(16, 4)
+    out = keras.ops.convert_to_numpy(keras.ops.cast(layer(x, bias=bias), "float32"))
+    w = {v.path.split("/")[-2] + "/" + v.name: keras.ops.convert_to_numpy(v).astype("float64") for v in layer.weights}
+    heads = lambda t: t.reshape(2, 5, 4, 4).transpose(0, 2, 1, 3)
+    q = heads(x @ w["query/kernel"] + w["query/bias"])
+    k = heads(x @ w["key/kernel"])
+    v = heads(x @ w["value/kernel"] + w["value/bias"])
+    logits = q @ k.transpose(0, 1, 3, 2) / 2.0 + bias
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    attended = (probs @ v).transpose(0, 2, 1, 3).reshape(2, 5, 16)
+    expected = attended @ w["output_dense/kernel"] + w["output_dense/bias"]
+    # bfloat16 keeps 8 significant bits: a few roundings along the way stay within 3% of the output's scale.
+    np.testing.assert_allclose(out, expected, atol=0.03 * np.abs(expected).max())
+
+
 def test_lora_reaches_query_and_value_and_trains_only_lora_and_head():
     images, labels = _data()
     classifier = keras_beit.BEiTImageClassifier(keras_beit.BEiTBackbone(**TINY), num_classes=3)

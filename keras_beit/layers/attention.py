@@ -10,10 +10,11 @@ class BEiTAttention(keras.layers.Layer):
 
     The query and value projections have a bias; the key projection has
     none (the original stores a zero key bias). The fused
-    `keras.ops.dot_product_attention` runs in float32; the explicit path
-    computes the same arithmetic and runs when attention maps are requested,
-    when attention dropout is active, and under half-precision policies,
-    where it keeps the softmax in float32 as transformers does.
+    `keras.ops.dot_product_attention` runs unless attention maps are
+    requested, attention dropout is active or the compute dtype is float16;
+    then the explicit path computes the same arithmetic. Under half-precision
+    policies both take the softmax in float32, as transformers does under
+    autocast (Keras' fused op does so on every backend).
 
     Args:
         hidden_dim: model width D.
@@ -56,7 +57,8 @@ class BEiTAttention(keras.layers.Layer):
         explicit = (
             return_attention_scores
             or (training and self.dropout_rate > 0)
-            or keras.backend.standardize_dtype(query.dtype) != "float32"
+            # jax's fused op asks for a float16 matmul with float32 accumulation, which XLA on CPU refuses.
+            or keras.backend.standardize_dtype(query.dtype) == "float16"
         )
         if explicit:
             logits = ops.einsum("bqhd,bkhd->bhqk", query, key) * ops.cast(scale, query.dtype)
