@@ -74,7 +74,7 @@ def test_mixed_precision_attention_matches_float64_arithmetic(mixed_bfloat16):
     q = heads(x @ w["query/kernel"] + w["query/bias"])
     k = heads(x @ w["key/kernel"])
     v = heads(x @ w["value/kernel"] + w["value/bias"])
-    logits = q @ k.transpose(0, 1, 3, 2) / 2.0 + bias
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(16 / 4) + bias  # scaled by sqrt(head_dim)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     attended = (probs @ v).transpose(0, 2, 1, 3).reshape(2, 5, 16)
