@@ -74,6 +74,20 @@ def test_ade20k_checkpoint_gives_the_segmentation_logits(checkpoint):
     assert _error(segmenter(images), _nhwc(run(reference, images).logits)) <= ATOL
 
 
+def test_ade20k_checkpoint_loads_channels_first_under_that_default(checkpoint):
+    reference, _, path = checkpoint
+    images = _images()
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        segmenter = keras_beit.BEiTImageSegmenter.from_preset(path)
+        logits = segmenter(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    finally:
+        keras.config.set_image_data_format(previous)
+    assert segmenter.backbone.image_shape == (3, SIDE, SIDE)
+    assert _error(logits, run(reference, images).logits.numpy()) <= ATOL
+
+
 def test_ade20k_checkpoint_gives_the_auxiliary_logits(checkpoint):
     reference, _, path = checkpoint
     images = _images()

@@ -15,6 +15,7 @@ from keras_hub.src.utils.preset_utils import load_json
 from keras_beit.convert.checkpoint_io import read_state_dict
 from keras_beit.convert.mmseg import fpn_weights
 from keras_beit.convert.mmseg import segmentation_head_weights
+from keras_beit.convert.layout import with_data_format
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign
@@ -245,7 +246,7 @@ class TransformersLoader(PresetLoader):
 
     def load_backbone(self, cls, load_weights, **kwargs):
         self.tap_points = kwargs.pop("tap_points", self.tap_points)
-        config = convert_backbone_config(self.config, self.tap_points)
+        config, kwargs = with_data_format(convert_backbone_config(self.config, self.tap_points), kwargs)
         kwargs, self.position_resize = plan_resize(
             kwargs, config["window_size"], config["patch_size"], self.default_position_resize
         )

@@ -44,6 +44,7 @@ from keras_hub.src.utils.preset_utils import PresetLoader
 from keras_beit.convert.checkpoint_io import read_pickled_state_dict
 from keras_beit.convert.checkpoint_io import to_numpy
 from keras_beit.convert.resize import TABLE_SUFFIX
+from keras_beit.convert.layout import with_data_format
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign
@@ -322,7 +323,7 @@ class OriginalLayoutLoader(PresetLoader):
         )
 
     def load_backbone(self, cls, load_weights, **kwargs):
-        config = self.backbone_config
+        config, kwargs = with_data_format(self.backbone_config, kwargs)
         kwargs, self._resize_method = plan_resize(
             kwargs, config["window_size"], config["patch_size"], self.default_position_resize
         )

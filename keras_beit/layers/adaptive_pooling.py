@@ -4,6 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_beit.layers.layout import image_shape_like
+from keras_beit.layers.layout import spatial_dims
+
 
 def adaptive_pool_matrix(in_size, out_size):
     """(out_size, in_size) averaging weights of nn.AdaptiveAvgPool over one axis.
@@ -36,24 +39,27 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
 
     Args:
         output_size: an int for a square output, or `(out_h, out_w)`.
+        data_format: "channels_last" (B, H, W, C) or "channels_first" (B, C, H, W).
     """
 
-    def __init__(self, output_size, **kwargs):
+    def __init__(self, output_size, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         self.output_size = output_size if isinstance(output_size, int) else tuple(output_size)
+        self.data_format = data_format
         self._out_h, self._out_w = _pair(output_size)
         self.built = True  # no weights: the pooling matrices follow the input size
 
     def call(self, inputs):
-        height, width = inputs.shape[1], inputs.shape[2]
+        height, width = spatial_dims(inputs.shape, self.data_format)
         if height is None or width is None:
             raise ValueError("AdaptiveAveragePooling2D needs a known spatial size at call time.")
         rows = ops.convert_to_tensor(adaptive_pool_matrix(height, self._out_h), inputs.dtype)
         cols = ops.convert_to_tensor(adaptive_pool_matrix(width, self._out_w), inputs.dtype)
-        return ops.einsum("oh,bhwc,pw->bopc", rows, inputs, cols)
+        equation = "oh,bhwc,pw->bopc" if self.data_format == "channels_last" else "oh,bchw,pw->bcop"
+        return ops.einsum(equation, rows, inputs, cols)
 
     def compute_output_shape(self, inputs_shape):
-        return (inputs_shape[0], self._out_h, self._out_w, inputs_shape[-1])
+        return image_shape_like(inputs_shape, self.data_format, spatial=(self._out_h, self._out_w))
 
     def get_config(self):
-        return {**super().get_config(), "output_size": self.output_size}
+        return {**super().get_config(), "output_size": self.output_size, "data_format": self.data_format}

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_beit.layers.layout import image_shape_like
+from keras_beit.layers.layout import spatial_dims
 from keras_beit.layers.patch_embedding import image_grid
 
 
@@ -11,7 +13,9 @@ class TokensToFeatureMap(keras.layers.Layer):
     """(B, 1 + h*w, D) tokens to a (B, h, w, D) map, dropping the CLS token.
 
     Called with the images as a second input, whose size gives the patch grid
-    (h, w), so maps of any input size come out with their true shape.
+    (h, w), so maps of any input size come out with their true shape. With
+    `data_format="channels_first"` both the images and the map are channels
+    first: the map is (B, D, h, w).
     """
 
     def __init__(self, patch_size, data_format="channels_last", **kwargs):
@@ -21,12 +25,12 @@ class TokensToFeatureMap(keras.layers.Layer):
 
     def call(self, tokens, images):
         height, width = image_grid(images, self.patch_size, self.data_format)
-        return ops.reshape(tokens[:, 1:], (ops.shape(tokens)[0], height, width, tokens.shape[-1]))
+        maps = ops.reshape(tokens[:, 1:], (ops.shape(tokens)[0], height, width, tokens.shape[-1]))
+        return maps if self.data_format == "channels_last" else ops.transpose(maps, (0, 3, 1, 2))
 
     def compute_output_shape(self, tokens_shape, images_shape):
-        spatial = images_shape[1:3] if self.data_format == "channels_last" else images_shape[2:4]
-        grid = tuple(None if s is None else s // self.patch_size for s in spatial)
-        return (tokens_shape[0],) + grid + (tokens_shape[-1],)
+        grid = [None if s is None else s // self.patch_size for s in spatial_dims(images_shape, self.data_format)]
+        return image_shape_like(images_shape, self.data_format, channels=tokens_shape[-1], spatial=grid)
 
     def get_config(self):
         config = super().get_config()

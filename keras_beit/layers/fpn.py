@@ -2,6 +2,11 @@
 
 import keras
 
+from keras_beit.layers import conv
+from keras_beit.layers.layout import channel_axis
+from keras_beit.layers.layout import image_shape_like
+from keras_beit.layers.layout import spatial_dims
+
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class BEiTFPNNeck(keras.layers.Layer):
@@ -11,17 +16,21 @@ class BEiTFPNNeck(keras.layers.Layer):
     map 2: ConvTranspose(2, 2); map 3: unchanged; map 4: 2 x 2 max pooling.
     BatchNorm uses PyTorch's eps 1e-5 and momentum 0.1 (Keras momentum 0.9),
     the GELU is exact, as in the original BEiT segmentation backbone.
+    With `data_format="channels_first"` the maps are (B, D, h, w).
     """
 
-    def __init__(self, hidden_dim, **kwargs):
+    def __init__(self, hidden_dim, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
-        policy = dict(dtype=self.dtype_policy)
-        self.fpn1_conv1 = keras.layers.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv1", **policy)
-        self.fpn1_norm = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="fpn1_norm", **policy)
-        self.fpn1_conv2 = keras.layers.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv2", **policy)
-        self.fpn2_conv = keras.layers.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn2_conv", **policy)
-        self.fpn4_pool = keras.layers.MaxPooling2D(2, strides=2, name="fpn4_pool", **policy)
+        self.data_format = data_format
+        common = dict(dtype=self.dtype_policy, data_format=data_format)
+        self.fpn1_conv1 = conv.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv1", **common)
+        self.fpn1_norm = keras.layers.BatchNormalization(
+            axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="fpn1_norm", dtype=self.dtype_policy
+        )
+        self.fpn1_conv2 = conv.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv2", **common)
+        self.fpn2_conv = conv.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn2_conv", **common)
+        self.fpn4_pool = keras.layers.MaxPooling2D(2, strides=2, name="fpn4_pool", **common)
 
     def build(self, maps_shape):
         shape = tuple(maps_shape[0])
@@ -40,10 +49,10 @@ class BEiTFPNNeck(keras.layers.Layer):
 
     def compute_output_shape(self, maps_shape):
         def scaled(shape, factor):
-            spatial = [None if s is None else int(s * factor) for s in shape[1:3]]
-            return (shape[0], *spatial, shape[3])
+            spatial = [None if s is None else int(s * factor) for s in spatial_dims(shape, self.data_format)]
+            return image_shape_like(shape, self.data_format, spatial=spatial)
 
         return [scaled(tuple(s), f) for s, f in zip(maps_shape, (4, 2, 1, 0.5))]
 
     def get_config(self):
-        return {**super().get_config(), "hidden_dim": self.hidden_dim}
+        return {**super().get_config(), "hidden_dim": self.hidden_dim, "data_format": self.data_format}

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_beit.layers import conv
 from keras_beit.layers.interpolation import resize_grid
 
 
@@ -64,7 +65,7 @@ class BEiTPatchEmbedding(keras.layers.Layer):
         self.use_mask_token = use_mask_token
         self.use_absolute_position_embeddings = use_absolute_position_embeddings
         self.data_format = data_format
-        self.projection = keras.layers.Conv2D(
+        self.projection = conv.Conv2D(
             hidden_dim,
             kernel_size=patch_size,
             strides=patch_size,

@@ -3,14 +3,18 @@
 import keras
 from keras import ops
 
+from keras_beit.layers import conv
 from keras_beit.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from keras_beit.layers.layout import channel_axis
+from keras_beit.layers.layout import image_shape_like
+from keras_beit.layers.layout import spatial_dims
 
 
-def resize_bilinear(x, size):
+def resize_bilinear(x, size, data_format="channels_last"):
     """PyTorch's bilinear `interpolate` (align_corners False) to a static size."""
-    if tuple(x.shape[1:3]) == tuple(size):
+    if spatial_dims(x.shape, data_format) == tuple(size):
         return x
-    return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+    return ops.image.resize(x, size, interpolation="bilinear", antialias=False, data_format=data_format)
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -21,15 +25,18 @@ class ConvBNReLU(keras.layers.Layer):
     `padding=kernel_size // 2`, which Keras' "same" padding equals for odd kernels.
     """
 
-    def __init__(self, filters, kernel_size, **kwargs):
+    def __init__(self, filters, kernel_size, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
-        policy = dict(dtype=self.dtype_policy)
+        self.data_format = data_format
         self.conv = keras.layers.Conv2D(
-            filters, kernel_size, padding="same", use_bias=False, name="conv", **policy
+            filters, kernel_size, padding="same", use_bias=False, data_format=data_format, name="conv",
+            dtype=self.dtype_policy,
         )
-        self.norm = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="norm", **policy)
+        self.norm = keras.layers.BatchNormalization(
+            axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="norm", dtype=self.dtype_policy
+        )
 
     def build(self, inputs_shape):
         self.conv.build(inputs_shape)
@@ -43,7 +50,9 @@ class ConvBNReLU(keras.layers.Layer):
         return self.conv.compute_output_shape(inputs_shape)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+        config = super().get_config()
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "data_format": self.data_format})
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -61,68 +70,78 @@ class BEiTUperNetHead(keras.layers.Layer):
         channels: width of every conv block (transformers: `hidden_size`).
         num_classes: channels of the logits.
         pool_scales: output sizes of the PSP module's adaptive pools.
+        data_format: "channels_last" or "channels_first" maps and logits.
 
     Called on a list of four (B, h_i, w_i, C) maps, finest first; returns
-    (B, h_0, w_0, num_classes) logits.
+    (B, h_0, w_0, num_classes) logits ((B, C, h_i, w_i) maps and
+    (B, num_classes, h_0, w_0) logits when channels first).
     """
 
-    def __init__(self, channels, num_classes, pool_scales=(1, 2, 3, 6), **kwargs):
+    def __init__(self, channels, num_classes, pool_scales=(1, 2, 3, 6), data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.num_classes = num_classes
         self.pool_scales = tuple(pool_scales)
-        policy = dict(dtype=self.dtype_policy)
+        self.data_format = data_format
+        common = dict(dtype=self.dtype_policy, data_format=data_format)
         self.psp_pools = [
-            AdaptiveAveragePooling2D(s, name=f"psp_pool_{j}", **policy) for j, s in enumerate(self.pool_scales)
+            AdaptiveAveragePooling2D(s, name=f"psp_pool_{j}", **common) for j, s in enumerate(self.pool_scales)
         ]
-        self.psp_convs = [ConvBNReLU(channels, 1, name=f"psp_conv_{j}", **policy) for j in range(len(self.pool_scales))]
-        self.bottleneck = ConvBNReLU(channels, 3, name="bottleneck", **policy)
-        self.lateral_convs = [ConvBNReLU(channels, 1, name=f"lateral_conv_{j}", **policy) for j in range(3)]
-        self.fpn_convs = [ConvBNReLU(channels, 3, name=f"fpn_conv_{j}", **policy) for j in range(3)]
-        self.fpn_bottleneck = ConvBNReLU(channels, 3, name="fpn_bottleneck", **policy)
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier", **policy)
+        self.psp_convs = [ConvBNReLU(channels, 1, name=f"psp_conv_{j}", **common) for j in range(len(self.pool_scales))]
+        self.bottleneck = ConvBNReLU(channels, 3, name="bottleneck", **common)
+        self.lateral_convs = [ConvBNReLU(channels, 1, name=f"lateral_conv_{j}", **common) for j in range(3)]
+        self.fpn_convs = [ConvBNReLU(channels, 3, name=f"fpn_conv_{j}", **common) for j in range(3)]
+        self.fpn_bottleneck = ConvBNReLU(channels, 3, name="fpn_bottleneck", **common)
+        self.classifier = conv.Conv2D(num_classes, 1, name="classifier", **common)
+
+    def _with_channels(self, shape, channels):
+        return image_shape_like(shape, self.data_format, channels=channels)
 
     def build(self, maps_shape):
         maps_shape = [tuple(s) for s in maps_shape]
-        in_channels = maps_shape[3][-1]
+        in_channels = maps_shape[3][channel_axis(self.data_format)]
         for pool, conv in zip(self.psp_pools, self.psp_convs):
             conv.build(pool.compute_output_shape(maps_shape[3]))
-        stacked = maps_shape[3][:3] + (in_channels + len(self.pool_scales) * self.channels,)
-        self.bottleneck.build(stacked)
+        self.bottleneck.build(self._with_channels(maps_shape[3], in_channels + len(self.pool_scales) * self.channels))
         for j, conv in enumerate(self.lateral_convs):
             conv.build(maps_shape[j])
         for j, conv in enumerate(self.fpn_convs):
-            conv.build(maps_shape[j][:3] + (self.channels,))
-        self.fpn_bottleneck.build(maps_shape[0][:3] + (4 * self.channels,))
-        self.classifier.build(maps_shape[0][:3] + (self.channels,))
+            conv.build(self._with_channels(maps_shape[j], self.channels))
+        self.fpn_bottleneck.build(self._with_channels(maps_shape[0], 4 * self.channels))
+        self.classifier.build(self._with_channels(maps_shape[0], self.channels))
         self.built = True
 
+    def _resized(self, x, like):
+        return resize_bilinear(x, spatial_dims(like.shape, self.data_format), self.data_format)
+
     def _pyramid_pooling(self, x, training):
-        size = x.shape[1:3]
-        pooled = [
-            resize_bilinear(conv(pool(x), training=training), size)
-            for pool, conv in zip(self.psp_pools, self.psp_convs)
-        ]
-        return self.bottleneck(ops.concatenate([x] + pooled, axis=-1), training=training)
+        pooled = [self._resized(conv(pool(x), training=training), x) for pool, conv in zip(self.psp_pools, self.psp_convs)]
+        return self.bottleneck(ops.concatenate([x] + pooled, axis=channel_axis(self.data_format)), training=training)
 
     def call(self, maps, training=None):
         laterals = [conv(m, training=training) for conv, m in zip(self.lateral_convs, maps[:3])]
         laterals.append(self._pyramid_pooling(maps[3], training))
         for i in (3, 2, 1):
-            laterals[i - 1] = laterals[i - 1] + resize_bilinear(laterals[i], laterals[i - 1].shape[1:3])
+            laterals[i - 1] = laterals[i - 1] + self._resized(laterals[i], laterals[i - 1])
         outputs = [conv(lateral, training=training) for conv, lateral in zip(self.fpn_convs, laterals[:3])]
         outputs.append(laterals[3])
-        size = outputs[0].shape[1:3]
-        fused = ops.concatenate([outputs[0]] + [resize_bilinear(o, size) for o in outputs[1:]], axis=-1)
+        fused = ops.concatenate(
+            [outputs[0]] + [self._resized(o, outputs[0]) for o in outputs[1:]], axis=channel_axis(self.data_format)
+        )
         return self.classifier(self.fpn_bottleneck(fused, training=training))
 
     def compute_output_shape(self, maps_shape):
-        return tuple(maps_shape[0][:3]) + (self.num_classes,)
+        return self._with_channels(tuple(maps_shape[0]), self.num_classes)
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"channels": self.channels, "num_classes": self.num_classes, "pool_scales": self.pool_scales}
+            {
+                "channels": self.channels,
+                "num_classes": self.num_classes,
+                "pool_scales": self.pool_scales,
+                "data_format": self.data_format,
+            }
         )
         return config
 
@@ -142,10 +161,19 @@ class BEiTFCNHead(keras.layers.Layer):
             with one more Conv-BN-ReLU (`conv_cat`).
         kernel_size: odd kernel size of the conv blocks; "same" padding, as
             PyTorch's `padding=kernel_size // 2`.
+        data_format: "channels_last" or "channels_first" input and logits.
     """
 
     def __init__(
-        self, in_channels, num_classes, channels=256, num_convs=1, concat_input=False, kernel_size=3, **kwargs
+        self,
+        in_channels,
+        num_classes,
+        channels=256,
+        num_convs=1,
+        concat_input=False,
+        kernel_size=3,
+        data_format="channels_last",
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if num_convs == 0 and channels != in_channels:
@@ -158,19 +186,20 @@ class BEiTFCNHead(keras.layers.Layer):
         self.num_convs = num_convs
         self.concat_input = concat_input
         self.kernel_size = kernel_size
-        policy = dict(dtype=self.dtype_policy)
-        self.convs = [ConvBNReLU(channels, kernel_size, name=f"conv_{k}", **policy) for k in range(num_convs)]
-        self.conv_cat = ConvBNReLU(channels, kernel_size, name="conv_cat", **policy) if concat_input else None
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier", **policy)
+        self.data_format = data_format
+        common = dict(dtype=self.dtype_policy, data_format=data_format)
+        self.convs = [ConvBNReLU(channels, kernel_size, name=f"conv_{k}", **common) for k in range(num_convs)]
+        self.conv_cat = ConvBNReLU(channels, kernel_size, name="conv_cat", **common) if concat_input else None
+        self.classifier = conv.Conv2D(num_classes, 1, name="classifier", **common)
 
     def build(self, inputs_shape):
         shape = tuple(inputs_shape)
         for conv in self.convs:
             conv.build(shape)
-            shape = shape[:3] + (self.channels,)
+            shape = image_shape_like(shape, self.data_format, channels=self.channels)
         if self.conv_cat is not None:
-            self.conv_cat.build(shape[:3] + (self.in_channels + self.channels,))
-        self.classifier.build(shape[:3] + (self.channels,))
+            self.conv_cat.build(image_shape_like(shape, self.data_format, channels=self.in_channels + self.channels))
+        self.classifier.build(image_shape_like(shape, self.data_format, channels=self.channels))
         self.built = True
 
     def call(self, inputs, training=None):
@@ -178,11 +207,11 @@ class BEiTFCNHead(keras.layers.Layer):
         for conv in self.convs:
             x = conv(x, training=training)
         if self.conv_cat is not None:
-            x = self.conv_cat(ops.concatenate([inputs, x], axis=-1), training=training)
+            x = self.conv_cat(ops.concatenate([inputs, x], axis=channel_axis(self.data_format)), training=training)
         return self.classifier(x)
 
     def compute_output_shape(self, inputs_shape):
-        return tuple(inputs_shape[:3]) + (self.num_classes,)
+        return image_shape_like(tuple(inputs_shape), self.data_format, channels=self.num_classes)
 
     def get_config(self):
         config = super().get_config()
@@ -194,6 +223,7 @@ class BEiTFCNHead(keras.layers.Layer):
                 "num_convs": self.num_convs,
                 "concat_input": self.concat_input,
                 "kernel_size": self.kernel_size,
+                "data_format": self.data_format,
             }
         )
         return config

@@ -26,8 +26,8 @@ class BEiTBackbone(FeaturePyramidBackbone):
     relative position bias and absolute position embeddings resized to the
     input's patch grid.
 
-    `pyramid_outputs` holds feature maps `(batch, h, w, hidden_dim)` (CLS
-    dropped) of the blocks in `out_indices`, keyed "stage{i + 1}" for block i
+    `pyramid_outputs` holds feature maps `(batch, h, w, hidden_dim)`
+    (`(batch, hidden_dim, h, w)` when channels first; CLS dropped) of the blocks in `out_indices`, keyed "stage{i + 1}" for block i
     ("stem" for the embedding output, index -1). With `use_fpn`, four tapped
     maps go through the FPN neck instead and come out as "P2" ... "P5", at
     strides patch_size / 4, / 2, x 1 and x 2 (4, 8, 16, 32 for patch 16).
@@ -69,7 +69,10 @@ class BEiTBackbone(FeaturePyramidBackbone):
         gradient_checkpointing: recompute each block's activations in the
             backward pass instead of storing them (`keras.remat`), for large
             models at 512 and 640.
-        data_format: "channels_last" (default) or "channels_first".
+        data_format: "channels_last" or "channels_first" images and feature
+            maps; by default Keras' `image_data_format()`. Channels first is
+            PyTorch's layout: on the torch backend it spares the segmentation
+            heads the layout copies Keras makes around every convolution.
         dtype: dtype policy.
     """
 
@@ -187,7 +190,7 @@ class BEiTBackbone(FeaturePyramidBackbone):
         self.to_feature_map = TokensToFeatureMap(
             patch_size, data_format=data_format, dtype=dtype, name="to_feature_map"
         )
-        self.fpn = BEiTFPNNeck(hidden_dim, dtype=dtype, name="fpn") if use_fpn else None
+        self.fpn = BEiTFPNNeck(hidden_dim, data_format=data_format, dtype=dtype, name="fpn") if use_fpn else None
 
         # === Functional model ===
         images = keras.layers.Input(shape=image_shape, name="images")

@@ -5,6 +5,7 @@ from keras import ops
 from keras_hub.models import ImageSegmenter
 from keras_hub.models import Task
 
+from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.upernet import BEiTFCNHead
 from keras_beit.layers.upernet import BEiTUperNetHead
 from keras_beit.models.backbone import BEiTBackbone
@@ -19,20 +20,23 @@ def _as_label_map(labels):
     return ops.cast(labels, "int32")
 
 
-def upsample_logits(logits, size):
-    """Bilinear resize of (B, h, w, C) logits to `size`, align_corners False."""
+def upsample_logits(logits, size, data_format="channels_last"):
+    """Bilinear resize of (B, h, w, C) logits to `size`, align_corners False,
+    returned channels last whatever `data_format` the logits arrive in."""
+    if data_format == "channels_first":
+        logits = ops.transpose(logits, (0, 2, 3, 1))
     if tuple(logits.shape[1:3]) == tuple(size):
         return logits
-    return ops.image.resize(logits, size, interpolation="bilinear", antialias=False)
+    return ops.image.resize(logits, size, interpolation="bilinear", antialias=False, data_format="channels_last")
 
 
-def segmentation_cross_entropy(labels, logits, ignore_index=255):
+def segmentation_cross_entropy(labels, logits, ignore_index=255, data_format="channels_last"):
     """Mean cross-entropy over non-ignored pixels, logits upsampled to the labels.
 
     The same arithmetic as transformers' ForSemanticSegmentationLoss.
     """
     labels = _as_label_map(labels)
-    logits = ops.cast(upsample_logits(logits, labels.shape[1:3]), "float32")
+    logits = ops.cast(upsample_logits(logits, labels.shape[1:3], data_format), "float32")
     valid = ops.not_equal(labels, ignore_index)
     safe_labels = ops.where(valid, labels, 0)
     per_pixel = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
@@ -42,17 +46,22 @@ def segmentation_cross_entropy(labels, logits, ignore_index=255):
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class BEiTSegmentationLoss(keras.losses.Loss):
-    """Pixel cross-entropy that ignores `ignore_index`, on upsampled logits."""
+    """Pixel cross-entropy that ignores `ignore_index`, on upsampled logits.
 
-    def __init__(self, ignore_index=255, name="segmentation_cross_entropy", **kwargs):
+    `data_format` says where the logits keep their classes: last, or at
+    axis 1 ("channels_first").
+    """
+
+    def __init__(self, ignore_index=255, data_format="channels_last", name="segmentation_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.ignore_index = ignore_index
+        self.data_format = data_format
 
     def call(self, y_true, y_pred):
-        return segmentation_cross_entropy(y_true, y_pred, self.ignore_index)
+        return segmentation_cross_entropy(y_true, y_pred, self.ignore_index, self.data_format)
 
     def get_config(self):
-        return {**super().get_config(), "ignore_index": self.ignore_index}
+        return {**super().get_config(), "ignore_index": self.ignore_index, "data_format": self.data_format}
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -64,7 +73,8 @@ class BEiTImageSegmenter(ImageSegmenter):
     bins, lateral and FPN convs, a fused bottleneck, a 1x1 classifier), as in
     the original BEiT ADE20K models and transformers'
     BeitForSemanticSegmentation. Logits come out at 1/4 of the input size,
-    `(batch, H/4, W/4, num_classes)`; `post_process` upsamples them.
+    `(batch, H/4, W/4, num_classes)`, or `(batch, num_classes, H/4, W/4)`
+    for a channels-first backbone; `post_process` upsamples them.
 
     In training the output also carries the auxiliary FCN head's logits
     (on the third pyramid level), and the loss adds `auxiliary_loss_weight`
@@ -112,9 +122,15 @@ class BEiTImageSegmenter(ImageSegmenter):
         self.backbone = backbone
         self.preprocessor = preprocessor
         policy = backbone.dtype_policy
+        data_format = backbone.data_format
         self.feature_extractor = keras.Model(backbone.inputs, list(backbone.pyramid_outputs.values()))
         self.decode_head = BEiTUperNetHead(
-            backbone.hidden_dim, num_classes, pool_scales=pool_scales, dtype=policy, name="decode_head"
+            backbone.hidden_dim,
+            num_classes,
+            pool_scales=pool_scales,
+            data_format=data_format,
+            dtype=policy,
+            name="decode_head",
         )
         self.auxiliary_head = None
         if use_auxiliary_head:
@@ -124,6 +140,7 @@ class BEiTImageSegmenter(ImageSegmenter):
                 channels=auxiliary_channels,
                 num_convs=auxiliary_num_convs,
                 concat_input=auxiliary_concat_input,
+                data_format=data_format,
                 dtype=policy,
                 name="auxiliary_head",
             )
@@ -131,6 +148,7 @@ class BEiTImageSegmenter(ImageSegmenter):
         # Read by compile(), which Task.__init__ calls.
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.data_format = data_format
 
         # === Functional model ===
         inputs = backbone.input
@@ -163,7 +181,7 @@ class BEiTImageSegmenter(ImageSegmenter):
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(5e-5)
         if loss == "auto":
-            loss = BEiTSegmentationLoss(self.ignore_index)
+            loss = BEiTSegmentationLoss(self.ignore_index, self.data_format)
         if metrics == "auto":
             metrics = [
                 keras.metrics.MeanIoU(
@@ -183,7 +201,7 @@ class BEiTImageSegmenter(ImageSegmenter):
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if auxiliary is not None and training:
             loss = loss + self.auxiliary_loss_weight * segmentation_cross_entropy(
-                y, auxiliary, self.ignore_index
+                y, auxiliary, self.ignore_index, self.data_format
             )
         return loss
 
@@ -192,16 +210,17 @@ class BEiTImageSegmenter(ImageSegmenter):
             y_pred = y_pred["logits"]
         labels = _as_label_map(y)
         return super().compute_metrics(
-            x, labels, upsample_logits(y_pred, labels.shape[1:3]), sample_weight
+            x, labels, upsample_logits(y_pred, labels.shape[1:3], self.data_format), sample_weight
         )
 
     def post_process(self, logits, target_size=None):
         """Label maps `(batch, height, width)` from logits, like transformers'
         `post_process_semantic_segmentation`: bilinear upsampling to
         `target_size` (when given), then the arg-max class."""
-        if target_size is not None:
-            logits = upsample_logits(ops.convert_to_tensor(logits), tuple(target_size))
-        return ops.argmax(logits, axis=-1)
+        logits = ops.convert_to_tensor(logits)
+        if target_size is None:
+            return ops.argmax(logits, axis=channel_axis(self.data_format))
+        return ops.argmax(upsample_logits(logits, tuple(target_size), self.data_format), axis=-1)
 
     def get_config(self):
         config = Task.get_config(self)

@@ -48,16 +48,18 @@ class BEiTImageSegmenterPreprocessor(ImageSegmenterPreprocessor):
         self.reduce_labels = reduce_labels
 
     def call(self, x, y=None, sample_weight=None):
+        # The mask is resized as a one-channel image in the converter's data format.
+        channels_first = self.image_converter is not None and self.image_converter.data_format == "channels_first"
         if y is not None:
             if self.reduce_labels:
                 y = reduce_labels(y)
             if len(y.shape) == 3:
-                y = y[..., None]
+                y = y[:, None] if channels_first else y[..., None]
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
             super().call(x, y=y, sample_weight=sample_weight)
         )
         if y is not None:
-            y = y[..., 0]
+            y = y[:, 0] if channels_first else y[..., 0]
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     def get_config(self):
