@@ -2,6 +2,7 @@
 
     python -m keras_beit.benchmark [--backends tensorflow jax torch] [--cases base224_b1 ...]
                                    [--repeats 5] [--rounds 1] [--json results.json] [--quick]
+                                   [--data-format channels_last | channels_first]
     python -m keras_beit.benchmark --show results.json
 
 Every measurement runs in a fresh process (so peak resident memory is that of
@@ -12,7 +13,8 @@ keeps the median process and reports the spread between them, which on a
 shared machine is the error bar of a ratio. The table prints ratios (ours /
 transformers SDPA), the machine's measured fp32 and bf16 matmul throughput
 at BEiT's shapes, and the fraction of it each model achieves. `--quick` uses
-tiny models, to check the script itself. This is a benchmark, not a test:
+tiny models, to check the script itself. `--data-format channels_first` feeds
+keras_beit (B, C, H, W) images, as transformers is fed. This is a benchmark, not a test:
 nothing here asserts a speed.
 """
 
@@ -115,11 +117,12 @@ def run_transformers(case, attention, repeats):
     return _timed(step, repeats)
 
 
-def run_keras_beit(case, repeats):
+def run_keras_beit(case, repeats, data_format="channels_last"):
     import keras
     import numpy as np
 
     import keras_beit
+    from keras_beit.convert.layout import with_data_format
     from keras_beit.convert.transformers import convert_backbone_config
 
     if case.get("bf16"):
@@ -127,12 +130,17 @@ def run_keras_beit(case, repeats):
     config = _beit_config(case).to_dict()
     config["architectures"] = ["BeitForSemanticSegmentation" if case["task"] == "segmenter" else "BeitForImageClassification"]
     # transformers tap points, so both sides compute the same network.
-    backbone = keras_beit.BEiTBackbone(**convert_backbone_config(config, tap_points="transformers"))
+    backbone_config, layout = with_data_format(
+        convert_backbone_config(config, tap_points="transformers"), {"data_format": data_format}
+    )
+    backbone = keras_beit.BEiTBackbone(**backbone_config, **layout)
     if case["task"] == "segmenter":
         model = keras_beit.BEiTImageSegmenter(backbone, num_classes=150)
     else:
         model = keras_beit.BEiTImageClassifier(backbone, num_classes=1000)
     images = np.random.default_rng(0).normal(size=(case["batch"], case["image"], case["image"], 3)).astype("float32")
+    if data_format == "channels_first":
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     if case["task"] == "train":
         model.compile(optimizer=keras.optimizers.AdamW(1e-5), loss="sparse_categorical_crossentropy")
         labels = np.zeros(case["batch"], "int32")
@@ -201,7 +209,7 @@ def child(args):
         gflops, by_library = run_gemm(args.dtype, args.quick, args.repeats)
         result = {"gflops": gflops, "gflops_by_library": by_library}
     elif args.impl == "keras_beit":
-        result = {"seconds": run_keras_beit(case, args.repeats)}
+        result = {"seconds": run_keras_beit(case, args.repeats, args.data_format)}
     else:
         result = {"seconds": run_transformers(case, args.impl.split("_")[1], args.repeats)}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -241,6 +249,7 @@ def print_table(results):
     for dtype, r in results["gemm"].items():
         libraries = ", ".join(f"{k} {v:.0f}" for k, v in r.get("gflops_by_library", {}).items())
         print(f"machine matmul throughput at BEiT's shapes, {dtype}: {r.get('gflops', float('nan')):.1f} GFLOP/s ({libraries})")
+    print(f"keras_beit images: {results.get('data_format', 'channels_last')} (transformers: channels first)")
     print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}{'spread':>8}")
     for name, row in results["cases"].items():
         reference = row.get("transformers_sdpa", {}).get("images_per_second")
@@ -265,6 +274,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1, help="processes per implementation and case, interleaved")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="tiny models: check the script, not the speed")
+    parser.add_argument(
+        "--data-format", default="channels_last", choices=["channels_last", "channels_first"],
+        help="keras_beit's image layout; channels_first is what transformers takes, and faster on torch",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -281,8 +294,8 @@ def main(argv=None):
         print_table(results)
         return results
 
-    common = ["--repeats", str(args.repeats)] + (["--quick"] if args.quick else [])
-    results = {"gemm": {}, "cases": {}, "quick": args.quick}
+    common = ["--repeats", str(args.repeats), "--data-format", args.data_format] + (["--quick"] if args.quick else [])
+    results = {"gemm": {}, "cases": {}, "quick": args.quick, "data_format": args.data_format}
     for dtype in ("float32", "bfloat16"):
         results["gemm"][dtype] = _spawn(None, "--impl", "gemm", "--dtype", dtype, "--case", "base224_b1", *common)
     for name in args.cases:

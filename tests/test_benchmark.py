@@ -59,6 +59,17 @@ def test_show_prints_ratios_against_sdpa_and_the_fraction_of_the_gemm_limit(tmp_
     ]
 
 
+def test_show_names_the_image_layout_keras_beit_ran_in(tmp_path, capsys):
+    results = {"quick": False, "gemm": {"float32": {"gflops": 1.0}, "bfloat16": {"gflops": 1.0}}, "cases": {}}
+    for data_format, expected in ((None, "channels_last"), ("channels_first", "channels_first")):
+        if data_format:
+            results["data_format"] = data_format
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps(results))
+        benchmark.main(["--show", str(path)])
+        assert f"keras_beit images: {expected} (transformers: channels first)" in capsys.readouterr().out
+
+
 def test_rounds_keep_the_median_process_and_report_the_spread_of_the_finished_ones():
     runs = [
         {"seconds": 2.0, "images_per_second": 0.5, "peak_rss_mb": 1.0},
