@@ -43,8 +43,8 @@ from keras_hub.src.utils.preset_utils import PresetLoader
 
 from keras_beit.convert.checkpoint_io import read_pickled_state_dict
 from keras_beit.convert.checkpoint_io import to_numpy
-from keras_beit.convert.resize import TABLE_SUFFIX
 from keras_beit.convert.layout import with_data_format
+from keras_beit.convert.resize import TABLE_SUFFIX
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
 from keras_beit.convert.weights import assign

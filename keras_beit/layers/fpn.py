@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_beit.layers import conv
+from keras_beit.layers.conv import Conv2DTranspose
 from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.layout import image_shape_like
 from keras_beit.layers.layout import spatial_dims
@@ -24,12 +24,12 @@ class BEiTFPNNeck(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.data_format = data_format
         common = dict(dtype=self.dtype_policy, data_format=data_format)
-        self.fpn1_conv1 = conv.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv1", **common)
+        self.fpn1_conv1 = Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv1", **common)
         self.fpn1_norm = keras.layers.BatchNormalization(
             axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="fpn1_norm", dtype=self.dtype_policy
         )
-        self.fpn1_conv2 = conv.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv2", **common)
-        self.fpn2_conv = conv.Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn2_conv", **common)
+        self.fpn1_conv2 = Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv2", **common)
+        self.fpn2_conv = Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn2_conv", **common)
         self.fpn4_pool = keras.layers.MaxPooling2D(2, strides=2, name="fpn4_pool", **common)
 
     def build(self, maps_shape):

@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 
-from keras_beit.layers import conv
+from keras_beit.layers.conv import Conv2D
 from keras_beit.layers.interpolation import resize_grid
+from keras_beit.layers.layout import spatial_dims
 
 
 def image_grid(images, patch_size, data_format):
@@ -15,7 +16,7 @@ def image_grid(images, patch_size, data_format):
             "BEiT expects a batch of images of rank 4, (batch, height, width, "
             f"channels); received a tensor of shape {tuple(shape)}."
         )
-    height, width = (shape[1], shape[2]) if data_format == "channels_last" else (shape[2], shape[3])
+    height, width = spatial_dims(shape, data_format)
     for name, size in (("height", height), ("width", width)):
         if isinstance(size, int) and size % patch_size:
             raise ValueError(
@@ -65,7 +66,7 @@ class BEiTPatchEmbedding(keras.layers.Layer):
         self.use_mask_token = use_mask_token
         self.use_absolute_position_embeddings = use_absolute_position_embeddings
         self.data_format = data_format
-        self.projection = conv.Conv2D(
+        self.projection = Conv2D(
             hidden_dim,
             kernel_size=patch_size,
             strides=patch_size,

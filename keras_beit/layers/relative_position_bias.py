@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_beit.layers.interpolation import resize_grid
+from keras_beit.layers.layout import spatial_dims
 from keras_beit.layers.patch_embedding import image_grid
 
 
@@ -133,7 +134,7 @@ class BEiTRelativePositionBias(keras.layers.Layer):
         return bias
 
     def compute_output_spec(self, images, shared_bias=None):
-        spatial = images.shape[1:3] if self.data_format == "channels_last" else images.shape[2:4]
+        spatial = spatial_dims(images.shape, self.data_format)
         tokens = None
         if None not in spatial:
             tokens = (spatial[0] // self.patch_size) * (spatial[1] // self.patch_size) + 1

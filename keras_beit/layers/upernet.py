@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_beit.layers import conv
 from keras_beit.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from keras_beit.layers.conv import Conv2D
 from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.layout import image_shape_like
 from keras_beit.layers.layout import spatial_dims
@@ -92,7 +92,7 @@ class BEiTUperNetHead(keras.layers.Layer):
         self.lateral_convs = [ConvBNReLU(channels, 1, name=f"lateral_conv_{j}", **common) for j in range(3)]
         self.fpn_convs = [ConvBNReLU(channels, 3, name=f"fpn_conv_{j}", **common) for j in range(3)]
         self.fpn_bottleneck = ConvBNReLU(channels, 3, name="fpn_bottleneck", **common)
-        self.classifier = conv.Conv2D(num_classes, 1, name="classifier", **common)
+        self.classifier = Conv2D(num_classes, 1, name="classifier", **common)
 
     def _with_channels(self, shape, channels):
         return image_shape_like(shape, self.data_format, channels=channels)
@@ -190,7 +190,7 @@ class BEiTFCNHead(keras.layers.Layer):
         common = dict(dtype=self.dtype_policy, data_format=data_format)
         self.convs = [ConvBNReLU(channels, kernel_size, name=f"conv_{k}", **common) for k in range(num_convs)]
         self.conv_cat = ConvBNReLU(channels, kernel_size, name="conv_cat", **common) if concat_input else None
-        self.classifier = conv.Conv2D(num_classes, 1, name="classifier", **common)
+        self.classifier = Conv2D(num_classes, 1, name="classifier", **common)
 
     def build(self, inputs_shape):
         shape = tuple(inputs_shape)
