@@ -54,7 +54,8 @@ def test_segmenter_takes_the_configured_default_and_returns_transformers_logits(
     assert np.abs(logits - _reference(images, reference).logits.numpy()).max() <= ATOL
 
 
-def test_segmenter_training_loss_matches_transformers(tmp_path, channels_first_default):
+@pytest.mark.parametrize("with_channel_axis", [False, True], ids=["maps", "one_channel_maps"])
+def test_segmenter_training_loss_matches_transformers(with_channel_axis, tmp_path, channels_first_default):
     reference = save_model(transformers.BeitForSemanticSegmentation, tmp_path, image_size=80, **SEGMENTATION)
     segmenter = keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path), tap_points="transformers")
     images = _nchw_images(80)
@@ -62,6 +63,8 @@ def test_segmenter_training_loss_matches_transformers(tmp_path, channels_first_d
     labels[:, :7] = 255  # ignored pixels
     expected = _reference(images, reference, labels=torch.from_numpy(labels)).loss.item()
     predictions = segmenter(images, return_auxiliary=True)
+    if with_channel_axis:
+        labels = labels[:, None]  # (B, 1, H, W), a one-channel image in this layout
     loss = segmenter.compute_loss(x=images, y=labels, y_pred=predictions, training=True)
     assert float(_numpy(loss)) == pytest.approx(expected, abs=1e-4)
 
@@ -135,3 +138,29 @@ def test_bias_goes_on_the_channel_axis_when_the_width_equals_the_channels(layer_
     outputs = _numpy(layer(np.ones((1, 3, 4, 4), "float32")))
     bias = _numpy(layer.bias)
     np.testing.assert_allclose(outputs, np.broadcast_to(bias[None, :, None, None], (1, 4, 4, 4)), atol=1e-6)
+
+
+def test_converted_task_builds_its_image_converter_in_the_backbone_layout(tmp_path):
+    save_model(transformers.BeitForSemanticSegmentation, tmp_path, image_size=80, **SEGMENTATION)
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(
+        str(tmp_path), tap_points="transformers", data_format="channels_first"
+    )
+    assert segmenter.backbone.data_format == "channels_first"
+    assert segmenter.preprocessor.image_converter.data_format == "channels_first"
+
+
+def test_image_converter_config_keeps_its_layout():
+    converter = keras_beit.BEiTImageConverter(image_size=(32, 32), data_format="channels_first")
+    assert keras_beit.BEiTImageConverter.from_config(converter.get_config()).data_format == "channels_first"
+
+
+def test_a_saved_channels_last_preset_stays_channels_last_under_that_default(channels_first_default):
+    classifier = keras_beit.BEiTImageClassifier.from_preset("beit_tiny_digits")
+    assert classifier.backbone.data_format == "channels_last"
+    assert classifier.preprocessor.image_converter.data_format == "channels_last"
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
+    assert _numpy(classifier(classifier.preprocessor(images))).shape == (2, 10)
+
+
+def test_segmentation_loss_follows_the_configured_default(channels_first_default):
+    assert keras_beit.BEiTSegmentationLoss().data_format == "channels_first"

@@ -16,3 +16,17 @@ def with_data_format(config, kwargs):
         height, width, channels = config["image_shape"]
         config = {**config, "image_shape": (channels, height, width)}
     return config, {**kwargs, "data_format": data_format}
+
+
+class SettledLayout:
+    """For loaders: the image converter takes the layout the backbone was built in."""
+
+    data_format = None
+
+    def settle_data_format(self, config, kwargs):
+        config, kwargs = with_data_format(config, kwargs)
+        self.data_format = kwargs["data_format"]
+        return config, kwargs
+
+    def converter_layout(self, kwargs):
+        return kwargs if self.data_format is None else {"data_format": self.data_format, **kwargs}

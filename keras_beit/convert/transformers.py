@@ -13,7 +13,7 @@ from keras_hub.src.utils.preset_utils import check_file_exists
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
-from keras_beit.convert.layout import with_data_format
+from keras_beit.convert.layout import SettledLayout
 from keras_beit.convert.mmseg import fpn_weights
 from keras_beit.convert.mmseg import segmentation_head_weights
 from keras_beit.convert.resize import plan_resize
@@ -206,13 +206,13 @@ _HEAD_FOR_ARCHITECTURE = {
     "ForSemanticSegmentation": BEiTImageSegmenter,
 }
 _BACKBONE_ARGUMENTS = (
-    "image_shape", "dtype", "window_size", "out_indices", "use_fpn", "gradient_checkpointing",
+    "image_shape", "dtype", "window_size", "data_format", "out_indices", "use_fpn", "gradient_checkpointing",
     "drop_path_rate", "dropout_rate", "attention_dropout_rate", "layer_scale_init_value",
     "position_resize",
 )
 
 
-class TransformersLoader(PresetLoader):
+class TransformersLoader(SettledLayout, PresetLoader):
     """Builds keras_beit models from a transformers BEiT model directory."""
 
     def __init__(self, preset, config):
@@ -246,7 +246,7 @@ class TransformersLoader(PresetLoader):
 
     def load_backbone(self, cls, load_weights, **kwargs):
         self.tap_points = kwargs.pop("tap_points", self.tap_points)
-        config, kwargs = with_data_format(convert_backbone_config(self.config, self.tap_points), kwargs)
+        config, kwargs = self.settle_data_format(convert_backbone_config(self.config, self.tap_points), kwargs)
         kwargs, self.position_resize = plan_resize(
             kwargs, config["window_size"], config["patch_size"], self.default_position_resize
         )
@@ -321,7 +321,7 @@ class TransformersLoader(PresetLoader):
         else:
             # No processor saved: the official processors' settings at the model's size.
             config = {"image_size": _pair(self.config.get("image_size", 224))}
-        return cls(**{**config, **kwargs})
+        return cls(**{**config, **self.converter_layout(kwargs)})
 
 
 def segmenter_config(config):

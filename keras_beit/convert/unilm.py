@@ -43,7 +43,7 @@ from keras_hub.src.utils.preset_utils import PresetLoader
 
 from keras_beit.convert.checkpoint_io import read_pickled_state_dict
 from keras_beit.convert.checkpoint_io import to_numpy
-from keras_beit.convert.layout import with_data_format
+from keras_beit.convert.layout import SettledLayout
 from keras_beit.convert.resize import TABLE_SUFFIX
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
@@ -277,7 +277,7 @@ _BACKBONE_ARGUMENTS = (
 )
 
 
-class OriginalLayoutLoader(PresetLoader):
+class OriginalLayoutLoader(SettledLayout, PresetLoader):
     """Builds keras_beit models from a state dict in unilm/timm key names.
 
     Subclasses provide `state` (flat numpy tensors, normalised),
@@ -323,7 +323,7 @@ class OriginalLayoutLoader(PresetLoader):
         )
 
     def load_backbone(self, cls, load_weights, **kwargs):
-        config, kwargs = with_data_format(self.backbone_config, kwargs)
+        config, kwargs = self.settle_data_format(self.backbone_config, kwargs)
         kwargs, self._resize_method = plan_resize(
             kwargs, config["window_size"], config["patch_size"], self.default_position_resize
         )
@@ -360,7 +360,7 @@ class OriginalLayoutLoader(PresetLoader):
         config = self.converter_config()
         if self._image_size is not None:
             config["image_size"] = self._image_size  # the size the model was built for
-        return cls(**{**config, **kwargs})
+        return cls(**{**config, **self.converter_layout(kwargs)})
 
 
 class UnilmLoader(OriginalLayoutLoader):

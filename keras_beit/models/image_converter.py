@@ -60,3 +60,7 @@ class BEiTImageConverter(ImageConverter):
             crop_to_aspect_ratio=crop_to_aspect_ratio,
             **kwargs,
         )
+
+    def get_config(self):
+        # keras-hub leaves the layout out, so a reloaded converter would take Keras' default of the day.
+        return {**super().get_config(), "data_format": self.data_format}

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 from keras_hub.models import ImageSegmenter
 from keras_hub.models import Task
+from keras_hub.src.utils.keras_utils import standardize_data_format
 
 from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.upernet import BEiTFCNHead
@@ -14,9 +15,9 @@ from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
 
 
-def _as_label_map(labels):
-    if len(labels.shape) == 4:
-        labels = labels[..., 0]
+def _as_label_map(labels, data_format="channels_last"):
+    if len(labels.shape) == 4:  # one-channel maps, in the model's layout
+        labels = labels[:, 0] if data_format == "channels_first" else labels[..., 0]
     return ops.cast(labels, "int32")
 
 
@@ -35,7 +36,7 @@ def segmentation_cross_entropy(labels, logits, ignore_index=255, data_format="ch
 
     The same arithmetic as transformers' ForSemanticSegmentationLoss.
     """
-    labels = _as_label_map(labels)
+    labels = _as_label_map(labels, data_format)
     logits = ops.cast(upsample_logits(logits, labels.shape[1:3], data_format), "float32")
     valid = ops.not_equal(labels, ignore_index)
     safe_labels = ops.where(valid, labels, 0)
@@ -49,13 +50,13 @@ class BEiTSegmentationLoss(keras.losses.Loss):
     """Pixel cross-entropy that ignores `ignore_index`, on upsampled logits.
 
     `data_format` says where the logits keep their classes: last, or at
-    axis 1 ("channels_first").
+    axis 1 ("channels_first"); by default Keras' `image_data_format()`.
     """
 
-    def __init__(self, ignore_index=255, data_format="channels_last", name="segmentation_cross_entropy", **kwargs):
+    def __init__(self, ignore_index=255, data_format=None, name="segmentation_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.ignore_index = ignore_index
-        self.data_format = data_format
+        self.data_format = standardize_data_format(data_format)
 
     def call(self, y_true, y_pred):
         return segmentation_cross_entropy(y_true, y_pred, self.ignore_index, self.data_format)
@@ -208,7 +209,7 @@ class BEiTImageSegmenter(ImageSegmenter):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict):
             y_pred = y_pred["logits"]
-        labels = _as_label_map(y)
+        labels = _as_label_map(y, self.data_format)
         return super().compute_metrics(
             x, labels, upsample_logits(y_pred, labels.shape[1:3], self.data_format), sample_weight
         )
