@@ -9,6 +9,7 @@ from keras_hub.src.utils.keras_utils import standardize_data_format
 from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.upernet import BEiTFCNHead
 from keras_beit.layers.upernet import BEiTUperNetHead
+from keras_beit.layers.upernet import resize_bilinear
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
@@ -26,9 +27,7 @@ def upsample_logits(logits, size, data_format="channels_last"):
     returned channels last whatever `data_format` the logits arrive in."""
     if data_format == "channels_first":
         logits = ops.transpose(logits, (0, 2, 3, 1))
-    if tuple(logits.shape[1:3]) == tuple(size):
-        return logits
-    return ops.image.resize(logits, size, interpolation="bilinear", antialias=False, data_format="channels_last")
+    return resize_bilinear(logits, size)
 
 
 def segmentation_cross_entropy(labels, logits, ignore_index=255, data_format="channels_last"):
@@ -149,7 +148,6 @@ class BEiTImageSegmenter(ImageSegmenter):
         # Read by compile(), which Task.__init__ calls.
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.data_format = data_format
 
         # === Functional model ===
         inputs = backbone.input
@@ -176,6 +174,11 @@ class BEiTImageSegmenter(ImageSegmenter):
         if return_auxiliary is None:
             return_auxiliary = bool(training)
         return outputs if return_auxiliary else outputs["logits"]
+
+    @property
+    def data_format(self):
+        """The backbone's: where the logits keep their classes."""
+        return self.backbone.data_format
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """Adam(5e-5), `BEiTSegmentationLoss` and mean IoU by default, all ignoring `ignore_index`."""
