@@ -8,6 +8,7 @@ from keras_beit.models import BEiTImageConverter
 from keras_beit.models import BEiTImageSegmenter
 from keras_beit.models import BEiTImageSegmenterPreprocessor
 from keras_beit.models import BEiTMaskedImageModeler
+from keras_beit.models import BEiTMeanIoU
 from keras_beit.models import BEiTSegmentationLoss
 from keras_beit.version import __version__
 

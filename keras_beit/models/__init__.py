@@ -6,3 +6,4 @@ from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor
 from keras_beit.models.image_segmenter import BEiTImageSegmenter
 from keras_beit.models.image_segmenter import BEiTSegmentationLoss
 from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
+from keras_beit.models.segmentation_metrics import BEiTMeanIoU

@@ -14,6 +14,7 @@ from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
+from keras_beit.models.segmentation_metrics import BEiTMeanIoU
 
 
 def _as_label_map(labels, data_format="channels_last"):
@@ -188,7 +189,7 @@ class BEiTImageSegmenter(ImageSegmenter):
             loss = BEiTSegmentationLoss(self.ignore_index, self.data_format)
         if metrics == "auto":
             metrics = [
-                keras.metrics.MeanIoU(
+                BEiTMeanIoU(
                     self.num_classes, ignore_class=self.ignore_index, sparse_y_pred=False, name="mean_iou"
                 )
             ]
