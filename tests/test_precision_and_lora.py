@@ -99,12 +99,24 @@ def test_lora_reaches_query_and_value_and_trains_only_lora_and_head():
         np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
 
 
-def test_gradient_checkpointing_gives_the_same_training_step():
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        # Recomputing a random draw would give the backward pass other masks.
+        dict(drop_path_rate=0.3, dropout_rate=0.2),
+        dict(drop_path_rate=0.3, attention_dropout_rate=0.2),
+        # No bias tensor reaches the blocks (DiT's layout).
+        dict(use_relative_position_bias=False, use_absolute_position_embeddings=True),
+    ],
+    ids=["relative_bias", "dropout_and_drop_path", "attention_dropout", "absolute_positions"],
+)
+def test_gradient_checkpointing_gives_the_same_training_step(options):
     images, labels = _data()
     results = []
     for checkpointing in (False, True):
         keras.utils.set_random_seed(0)
-        backbone = keras_beit.BEiTBackbone(**TINY, gradient_checkpointing=checkpointing)
+        backbone = keras_beit.BEiTBackbone(**{**TINY, **options}, gradient_checkpointing=checkpointing)
         classifier = keras_beit.BEiTImageClassifier(backbone, num_classes=3)
         if results:
             classifier.set_weights(results[0][0])

@@ -56,8 +56,10 @@ class BEiTBlock(keras.layers.Layer):
         dropout_rate: dropout after the attention output and after the MLP.
         attention_dropout_rate: dropout on the attention probabilities.
         layer_norm_epsilon: epsilon of both LayerNorms.
-        gradient_checkpointing: in training, recompute the block's
-            activations in the backward pass instead of storing them.
+        gradient_checkpointing: in training, recompute the attention and MLP
+            activations in the backward pass instead of storing them (the
+            attention's only while `attention_dropout_rate` is 0). Dropout and
+            drop path are drawn once, outside the recomputed parts.
     """
 
     def __init__(
@@ -122,27 +124,35 @@ class BEiTBlock(keras.layers.Layer):
         return layer(x, training=training) if training and layer.rate > 0 else x
 
     def call(self, inputs, bias=None, training=None, return_attention_scores=False):
-        # The flags stay Python values, closed over: remat traces only tensors.
-        def forward(inputs, bias):
-            return self._forward(inputs, bias, training, return_attention_scores)
+        checkpoint = self.gradient_checkpointing and training
 
-        if self.gradient_checkpointing and training:
-            forward = keras.remat(forward)
-        return forward(inputs, bias)
+        def attend(x, *bias_if_any):
+            return self.attention(
+                self.norm_before(x),
+                bias=bias_if_any[0] if bias_if_any else None,
+                training=training,
+                return_attention_scores=return_attention_scores,
+            )
 
-    def _forward(self, inputs, bias, training, return_attention_scores):
-        attended = self.attention(
-            self.norm_before(inputs),
-            bias=bias,
-            training=training,
-            return_attention_scores=return_attention_scores,
-        )
+        def mlp(x):
+            return self.fc2(keras.activations.gelu(self.fc1(self.norm_after(x)), approximate=False))
+
+        # Recomputation re-runs what it wraps, so nothing random may sit inside:
+        # a second draw gives the backward pass other masks than the forward
+        # (wrong gradients on tensorflow and torch, a leaked tracer on jax).
+        # Dropout and drop path therefore stay outside, and the attention is
+        # recomputed only while its own dropout is off. remat passes tensors
+        # only, hence the bias rides along only when there is one.
+        if checkpoint:
+            mlp = keras.remat(mlp)
+            if self.attention.dropout_rate == 0:
+                attend = keras.remat(attend)
+        attended = attend(inputs, *([] if bias is None else [bias]))
         if return_attention_scores:
             attended, scores = attended
         attended = self._scale(self._regularise(self.dropout, attended, training), "lambda_1")
         x = inputs + self._regularise(self.drop_path, attended, training)
-        hidden = keras.activations.gelu(self.fc1(self.norm_after(x)), approximate=False)
-        hidden = self._scale(self._regularise(self.dropout, self.fc2(hidden), training), "lambda_2")
+        hidden = self._scale(self._regularise(self.dropout, mlp(x), training), "lambda_2")
         x = x + self._regularise(self.drop_path, hidden, training)
         if return_attention_scores:
             return x, scores
