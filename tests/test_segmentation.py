@@ -166,8 +166,25 @@ def _processor(**kwargs):
     )
 
 
+def test_raw_ade20k_labels_are_checked_after_their_reduction():
+    # ADE20K's raw maps hold 0 (background) and 1..num_classes.
+    preprocessor = keras_beit.BEiTImageSegmenterPreprocessor(
+        keras_beit.BEiTImageConverter(image_size=(32, 32)), reduce_labels=True
+    )
+    segmenter = _segmenter()
+    segmenter.preprocessor = preprocessor
+    images = np.zeros((2, 32, 32, 3), "float32")
+    raw = np.random.default_rng(0).integers(0, 5, size=(2, 32, 32)).astype("uint8")
+    raw[0, 0, 0], raw[1, 0, 0] = 0, 4
+    segmenter.compile()
+    assert np.isfinite(segmenter.fit(images, raw, verbose=0).history["loss"][0])
+    with pytest.raises(Exception, match=r"Labels must be class indices in \[0, 4\) or the ignore index 255"):
+        segmenter.fit(images, np.full((2, 32, 32), 5, "uint8"), verbose=0)  # reduced to 4
+
+
+@pytest.mark.parametrize("map_dtype", ["int32", "uint8"])
 @pytest.mark.parametrize("reduce_labels", [False, True])
-def test_preprocessor_maps_match_beit_image_processor(reduce_labels):
+def test_preprocessor_maps_match_beit_image_processor(reduce_labels, map_dtype):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(2, 32, 32, 3)).astype("uint8")
     maps = rng.integers(0, 6, size=(2, 32, 32)).astype("uint8")
@@ -178,7 +195,7 @@ def test_preprocessor_maps_match_beit_image_processor(reduce_labels):
     preprocessor = keras_beit.BEiTImageSegmenterPreprocessor(
         keras_beit.BEiTImageConverter(image_size=(32, 32)), reduce_labels=reduce_labels
     )
-    pixels, labels = preprocessor(images.astype("float32"), maps.astype("int32"))
+    pixels, labels = preprocessor(images.astype("float32"), maps.astype(map_dtype))  # uint8: as read from PNGs
     np.testing.assert_allclose(_numpy(pixels), expected["pixel_values"].transpose(0, 2, 3, 1), atol=1e-5)
     np.testing.assert_array_equal(_numpy(labels), expected["labels"])
 

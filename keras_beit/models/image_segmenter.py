@@ -196,8 +196,11 @@ class BEiTImageSegmenter(ImageSegmenter):
         Task.compile(self, optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
+        # Checked after preprocessing: the preprocessor may reduce ADE20K's
+        # raw labels 1..num_classes to 0..num_classes - 1.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(super().preprocess_samples(x, y, sample_weight))
         y = validated_labels(y, self.num_classes, ignore_index=self.ignore_index)
-        return super().preprocess_samples(x, y, sample_weight)
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         auxiliary = None

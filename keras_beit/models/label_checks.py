@@ -7,6 +7,7 @@ arrays or inside a tf.data graph. Only the tf.data case needs TensorFlow ops;
 it is the one place this library touches a backend directly.
 """
 
+import keras
 import numpy as np
 
 
@@ -17,11 +18,24 @@ def _message(num_classes, ignore_index):
     return f"Labels must be {allowed}."
 
 
+def _in_tf_data(labels):
+    return type(labels).__module__.startswith("tensorflow")
+
+
+def as_int32(labels):
+    """`labels` as int32, in the same kind of tensor (tf inside tf.data)."""
+    if _in_tf_data(labels):
+        import tensorflow as tf
+
+        return tf.cast(labels, "int32")
+    return keras.ops.cast(labels, "int32")
+
+
 def validated_labels(labels, num_classes, ignore_index=None):
     """Returns `labels` unchanged, or raises if any is out of range."""
     if labels is None:
         return labels
-    if type(labels).__module__.startswith("tensorflow"):
+    if _in_tf_data(labels):
         import tensorflow as tf
 
         values = tf.cast(labels, "int64")

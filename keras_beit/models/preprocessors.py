@@ -6,6 +6,7 @@ from keras_hub.models import ImageSegmenterPreprocessor
 
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_converter import BEiTImageConverter
+from keras_beit.models.label_checks import as_int32
 from keras_beit.models.preset_loading import routed_from_preset
 
 
@@ -22,9 +23,10 @@ def reduce_labels(labels):
     """ADE20K's label reduction: 0 (background) becomes 255, k becomes k - 1.
 
     255 stays 255. Written with arithmetic operators only, so it runs on
-    numpy arrays and on the tf tensors of a tf.data pipeline alike.
+    numpy arrays and on the tf tensors of a tf.data pipeline alike; widened
+    first, since uint8 (the dtype of PNG annotations) would wrap at 256.
     """
-    shifted = (labels + 255) % 256  # 0 -> 255, k -> k - 1, 255 -> 254
+    shifted = (as_int32(labels) + 255) % 256  # 0 -> 255, k -> k - 1, 255 -> 254
     return shifted + (shifted // 254) * (1 - shifted // 255)  # 254 -> 255
 
 
