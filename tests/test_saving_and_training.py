@@ -48,6 +48,16 @@ def test_classifier_reloads_identically_from_a_keras_file(images, tmp_path):
     np.testing.assert_array_equal(_numpy(reloaded(images)), _numpy(classifier(images)))
 
 
+def test_a_float32_head_on_a_bfloat16_backbone_stays_float32_after_reloading(tmp_path):
+    backbone = keras_beit.BEiTBackbone(**TINY, dtype="bfloat16")
+    classifier = keras_beit.BEiTImageClassifier(backbone, num_classes=3, head_dtype="float32")
+    classifier.save(tmp_path / "classifier.keras")
+    reloaded = keras.saving.load_model(tmp_path / "classifier.keras")
+    assert reloaded.output_dense.compute_dtype == "float32"
+    assert reloaded.pooler.compute_dtype == "float32"
+    assert reloaded.backbone.blocks[0].fc1.compute_dtype == "bfloat16"
+
+
 def test_classifier_reloads_identically_from_a_preset(images, tmp_path):
     classifier = _classifier()
     classifier.save_to_preset(str(tmp_path))

@@ -43,6 +43,8 @@ class BEiTImageClassifier(ImageClassifier):
         head_dtype=None,
         **kwargs,
     ):
+        # Recorded only when given, so a reloaded head follows its backbone otherwise.
+        self.head_dtype = None if head_dtype is None else keras.dtype_policies.serialize(keras.dtype_policies.get(head_dtype))
         head_dtype = head_dtype or backbone.dtype_policy
         # === Layers ===
         self.backbone = backbone
@@ -77,6 +79,7 @@ class BEiTImageClassifier(ImageClassifier):
                 "num_classes": self.num_classes,
                 "activation": self.activation,
                 "dropout": self.dropout,
+                "head_dtype": self.head_dtype,
             }
         )
         return config
