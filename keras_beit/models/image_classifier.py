@@ -44,7 +44,7 @@ class BEiTImageClassifier(ImageClassifier):
         **kwargs,
     ):
         # Recorded only when given, so a reloaded head follows its backbone otherwise.
-        self.head_dtype = None if head_dtype is None else keras.dtype_policies.serialize(keras.dtype_policies.get(head_dtype))
+        self.head_dtype = head_dtype and keras.dtype_policies.serialize(keras.dtype_policies.get(head_dtype))
         head_dtype = head_dtype or backbone.dtype_policy
         # === Layers ===
         self.backbone = backbone
