@@ -112,6 +112,19 @@ def test_base_model_checkpoint_needs_num_classes_for_a_classifier(tmp_path):
     assert classifier.output_dense.units == 7
 
 
+def test_transformers_tap_points_past_the_last_block_point_to_the_transformers_reading(tmp_path):
+    # Valid in transformers (it taps hidden_states[i - 1]), not as the original's block numbers.
+    save_model(
+        transformers.BeitForSemanticSegmentation, tmp_path, num_hidden_layers=6, out_indices=[2, 3, 4, 6],
+        use_relative_position_bias=True, auxiliary_channels=8, image_size=32, patch_size=8,
+    )
+    message = r"out_indices \[2, 3, 4, 6\] name blocks past the last of 6.*tap_points=\"transformers\""
+    with pytest.raises(ValueError, match=message):
+        keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path))
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path), tap_points="transformers")
+    assert tuple(segmenter.backbone.out_indices) == (0, 1, 2, 4)
+
+
 def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     import pickle
 

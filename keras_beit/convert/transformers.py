@@ -88,6 +88,13 @@ def _segmentation_out_indices(config, tap_points):
     if tap_points not in TAP_POINTS:
         raise ValueError(f"tap_points must be one of {TAP_POINTS}; received {tap_points!r}.")
     indices = config.get("out_indices") or config.get("segmentation_indices") or [3, 5, 7, 11]
+    num_layers = config.get("num_hidden_layers", 12)
+    if tap_points == "original" and max(indices) >= num_layers:
+        raise ValueError(
+            f"The config's out_indices {list(indices)} name blocks past the last of {num_layers} when read as the "
+            "original code reads them (block i's output). Load it with tap_points=\"transformers\" to tap "
+            "hidden_states[i - 1] (block i - 2's output), as transformers does."
+        )
     return tuple(i - 2 if tap_points == "transformers" else i for i in indices)
 
 
