@@ -175,3 +175,45 @@ def test_config_round_trip_keeps_size_normalization_and_interpolation():
     # Resizing: the clone does exactly what the original does.
     larger = random_image(80, 70, seed=7)[None]
     np.testing.assert_allclose(convert(clone, larger), convert(converter, larger), atol=1e-6)
+
+
+def test_center_crop_after_resizing_matches_the_processor():
+    # Resize to 40 x 40, then keep rows and columns 4..35, as do_center_crop does.
+    settings = dict(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}, do_center_crop=True)
+    processor = transformers.BeitImageProcessorPil(resample=2, **settings)
+    converter = keras_beit.BEiTImageConverter(**image_converter_config(processor.to_dict()))
+    assert converter.crop_size == (32, 32)
+    images = np.stack([natural_image(50, 60, seed) for seed in (7, 8)])
+    pixels = convert(converter, images)
+    assert pixels.shape == (2, 32, 32, 3)
+    assert np.abs(pixels - reference(images, processor)).max() <= ONE_STEP
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_center_crop_takes_the_same_window_of_segmentation_maps(data_format):
+    # Without resizing, the crop is exact: rows 2..5 and columns 1..4 of a 8 x 6 map.
+    converter = keras_beit.BEiTImageConverter(image_size=(8, 6), crop_size=(4, 4), data_format=data_format)
+    preprocessor = keras_beit.BEiTImageSegmenterPreprocessor(converter)
+    maps = np.arange(2 * 8 * 6).reshape(2, 8, 6).astype("int32")
+    images = np.zeros((2, 8, 6, 3) if data_format == "channels_last" else (2, 3, 8, 6), "float32")
+    pixels, labels = preprocessor(images, maps)
+    expected_shape = (2, 4, 4, 3) if data_format == "channels_last" else (2, 3, 4, 4)
+    assert keras.ops.convert_to_numpy(pixels).shape == expected_shape
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(labels), maps[:, 2:6, 1:5])
+
+
+def test_processor_without_rescaling_feeds_pixels_as_they_are():
+    # do_rescale=False: (x - mean) / std on the raw values.
+    processor = transformers.BeitImageProcessorPil(
+        size={"height": 32, "width": 32}, do_center_crop=False, do_rescale=False
+    )
+    converter = keras_beit.BEiTImageConverter(**image_converter_config(processor.to_dict()))
+    images = np.stack([random_image(32, 32, seed) for seed in (9, 10)])
+    expected = reference(images, processor)
+    assert np.abs(expected).max() > 100  # the raw 0..255 scale, not rescaled
+    np.testing.assert_allclose(convert(converter, images), expected, atol=1e-3)
+
+
+def test_a_crop_larger_than_the_resized_image_is_refused():
+    with pytest.raises(ValueError, match=r"crop_size \(48, 48\) must fit inside the resized image_size \(40, 40\)"):
+        keras_beit.BEiTImageConverter(image_size=(40, 40), crop_size=(48, 48))

@@ -352,10 +352,16 @@ def image_converter_config(processor):
         size = (size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge")))
     else:
         size = _pair(size)
+    normalize = processor.get("do_normalize", True)
+    crop = processor.get("crop_size", 224)
+    if isinstance(crop, dict):
+        crop = (crop["height"], crop["width"])
     return {
         "image_size": size if processor.get("do_resize", True) else None,
-        "mean": tuple(processor.get("image_mean", (0.5, 0.5, 0.5))) if processor.get("do_normalize", True) else (0.0, 0.0, 0.0),
-        "std": tuple(processor.get("image_std", (0.5, 0.5, 0.5))) if processor.get("do_normalize", True) else (1.0, 1.0, 1.0),
+        "mean": tuple(processor.get("image_mean", (0.5, 0.5, 0.5))) if normalize else (0.0, 0.0, 0.0),
+        "std": tuple(processor.get("image_std", (0.5, 0.5, 0.5))) if normalize else (1.0, 1.0, 1.0),
+        "rescale_factor": processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0,
+        "crop_size": _pair(crop) if processor.get("do_center_crop", False) else None,
         "interpolation": _PIL_RESAMPLE.get(processor.get("resample", 3), "bicubic"),
     }
 

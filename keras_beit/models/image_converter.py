@@ -32,6 +32,10 @@ class BEiTImageConverter(ImageConverter):
         mean: per-channel mean on the [0, 1] scale.
         std: per-channel standard deviation on the [0, 1] scale.
         interpolation: "bilinear" or "bicubic".
+        rescale_factor: what takes pixels to the [0, 1] scale (1 for
+            images already there, as `do_rescale=False`).
+        crop_size: (height, width) of a centre crop taken after resizing,
+            as BeitImageProcessor's `do_center_crop`; None for no crop.
     """
 
     backbone_cls = BEiTBackbone
@@ -47,10 +51,19 @@ class BEiTImageConverter(ImageConverter):
         crop_to_aspect_ratio=False,
         scale=None,
         offset=None,
+        rescale_factor=1 / 255,
+        crop_size=None,
         **kwargs,
     ):
         if scale is None and offset is None:
-            scale, offset = normalization(mean, std)
+            scale, offset = normalization(mean, std, rescale_factor)
+        if crop_size is not None:
+            crop_size = tuple(crop_size)
+            if image_size is None or any(c > s for c, s in zip(crop_size, image_size)):
+                raise ValueError(
+                    f"crop_size {crop_size} must fit inside the resized image_size {image_size}."
+                )
+        self.crop_size = crop_size
         super().__init__(
             image_size=image_size,
             scale=scale,
@@ -61,6 +74,20 @@ class BEiTImageConverter(ImageConverter):
             **kwargs,
         )
 
+    def call(self, inputs):
+        outputs = super().call(inputs)
+        return outputs if self.crop_size is None else self.center_crop(outputs)
+
+    def center_crop(self, images):
+        """The `crop_size` centre of resized images or label maps, batched or
+        not, where BeitImageProcessor's center_crop takes it."""
+        (height, width), (crop_height, crop_width) = self.image_size, self.crop_size
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        rows, columns = slice(top, top + crop_height), slice(left, left + crop_width)
+        if self.data_format == "channels_first":
+            return images[..., rows, columns]
+        return images[..., rows, columns, :]
+
     def get_config(self):
         # keras-hub leaves the layout out, so a reloaded converter would take Keras' default of the day.
-        return {**super().get_config(), "data_format": self.data_format}
+        return {**super().get_config(), "data_format": self.data_format, "crop_size": self.crop_size}

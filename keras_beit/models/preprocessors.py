@@ -61,6 +61,8 @@ class BEiTImageSegmenterPreprocessor(ImageSegmenterPreprocessor):
             super().call(x, y=y, sample_weight=sample_weight)
         )
         if y is not None:
+            if self.image_converter is not None and self.image_converter.crop_size is not None:
+                y = self.image_converter.center_crop(y)  # BeitImageProcessor crops the maps too
             y = y[:, 0] if channels_first else y[..., 0]
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
