@@ -37,6 +37,17 @@ def test_image_size_not_divisible_by_the_patch_size_is_refused():
         keras_beit.BEiTBackbone(**{**TINY, "image_shape": (30, 32, 3)})
 
 
+def test_image_size_not_divisible_is_refused_inside_a_function_traced_for_any_size():
+    # tensorflow retraces predict with unknown sizes once it has seen two of them;
+    # a strided patch convolution would then silently drop the remainder.
+    flexible = keras_beit.BEiTBackbone(**{**TINY, "image_shape": (None, None, 3), "window_size": (4, 4)})
+    classifier = keras_beit.BEiTImageClassifier(flexible, num_classes=3)
+    for side in (32, 40):
+        classifier.predict(np.zeros((1, side, side, 3), "float32"), verbose=0)
+    with pytest.raises(Exception, match=r"height must be a multiple of the patch size 8; received images of shape"):
+        classifier.predict(np.zeros((1, 36, 37, 3), "float32"), verbose=0)
+
+
 def test_unknown_image_size_needs_the_position_grid():
     with pytest.raises(ValueError, match="window_size"):
         keras_beit.BEiTBackbone(**{**TINY, "image_shape": (None, None, 3)})

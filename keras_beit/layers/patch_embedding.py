@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_beit import graph_checks
 from keras_beit.layers.conv import Conv2D
 from keras_beit.layers.interpolation import resize_grid
 from keras_beit.layers.layout import spatial_dims
@@ -16,14 +17,16 @@ def image_grid(images, patch_size, data_format):
             "BEiT expects a batch of images of rank 4, (batch, height, width, "
             f"channels); received a tensor of shape {tuple(shape)}."
         )
-    height, width = spatial_dims(shape, data_format)
-    for name, size in (("height", height), ("width", width)):
+    sizes = dict(zip(("height", "width"), spatial_dims(shape, data_format)))
+    for name, size in sizes.items():
+        message = f"The image {name} must be a multiple of the patch size {patch_size}; received images of shape"
         if isinstance(size, int) and size % patch_size:
-            raise ValueError(
-                f"The image {name} must be a multiple of the patch size "
-                f"{patch_size}; received images of shape {tuple(shape)}."
-            )
-    return height // patch_size, width // patch_size
+            raise ValueError(f"{message} {tuple(shape)}.")
+        if graph_checks.is_tf_tensor(size):
+            # A tensorflow function traced with an unknown size: the strided
+            # patch convolution would silently drop the remainder.
+            sizes[name] = graph_checks.checked(size, ops.equal(size % patch_size, 0), message, ops.shape(images))
+    return sizes["height"] // patch_size, sizes["width"] // patch_size
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")

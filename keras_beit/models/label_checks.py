@@ -3,12 +3,13 @@
 An out-of-range class index gives an error on some backends and a silent NaN
 or garbage loss on others (jax), so tasks check labels where the data enters
 `fit`/`evaluate`: keras-hub's `preprocess_samples`, which runs eagerly on
-arrays or inside a tf.data graph. Only the tf.data case needs TensorFlow ops;
-it is the one place this library touches a backend directly.
+arrays or inside a tf.data graph (checked there by keras_beit.graph_checks).
 """
 
 import keras
 import numpy as np
+
+from keras_beit import graph_checks
 
 
 def _message(num_classes, ignore_index):
@@ -18,16 +19,10 @@ def _message(num_classes, ignore_index):
     return f"Labels must be {allowed}."
 
 
-def _in_tf_data(labels):
-    return type(labels).__module__.startswith("tensorflow")
-
-
 def as_int32(labels):
     """`labels` as int32, in the same kind of tensor (tf inside tf.data)."""
-    if _in_tf_data(labels):
-        import tensorflow as tf
-
-        return tf.cast(labels, "int32")
+    if graph_checks.is_tf_tensor(labels):
+        return graph_checks.cast(labels, "int32")
     return keras.ops.cast(labels, "int32")
 
 
@@ -35,19 +30,8 @@ def validated_labels(labels, num_classes, ignore_index=None):
     """Returns `labels` unchanged, or raises if any is out of range."""
     if labels is None:
         return labels
-    if _in_tf_data(labels):
-        import tensorflow as tf
-
-        values = tf.cast(labels, "int64")
-        valid = tf.logical_and(values >= 0, values < num_classes)
-        if ignore_index is not None:
-            valid = tf.logical_or(valid, tf.equal(values, ignore_index))
-        invalid = tf.boolean_mask(values, tf.logical_not(valid))
-        check = tf.debugging.Assert(
-            tf.reduce_all(valid), [_message(num_classes, ignore_index) + " Received:", invalid[:10]]
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(labels)
+    if graph_checks.is_tf_tensor(labels):
+        return graph_checks.checked_labels(labels, num_classes, ignore_index, _message(num_classes, ignore_index))
     values = np.asarray(labels)
     if values.dtype.kind == "f" and np.any(values != np.round(values)):
         raise ValueError(_message(num_classes, ignore_index) + " Received non-integer labels.")
