@@ -114,6 +114,33 @@ def test_backbone_feature_maps_match_beit_backbone(add_fpn, tmp_path):
         assert np.abs(_numpy(mine) - _nhwc(theirs)).max() <= ATOL
 
 
+def test_a_segmenter_starts_from_a_classification_checkpoint_with_new_pyramid_and_heads(tmp_path):
+    # As BeitForSemanticSegmentation.from_pretrained on a classification or pre-training checkpoint.
+    reference = save_model(
+        transformers.BeitForImageClassification, tmp_path, num_hidden_layers=4, use_relative_position_bias=True
+    )
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path), num_classes=6, out_indices=(0, 1, 2, 3))
+    images = _images(32)
+    expected = run(reference, images, output_hidden_states=True).hidden_states
+    _, hidden_states = segmenter.backbone.encode(images)
+    for mine, theirs in zip(hidden_states, expected):
+        assert np.abs(_numpy(mine) - theirs.numpy()).max() <= ATOL
+    assert _numpy(segmenter(images)).shape == (2, 16, 16, 6)  # 4x the 4 x 4 patch grid
+
+
+def test_a_segmenter_on_a_classification_checkpoint_needs_its_classes_and_known_tap_points(tmp_path):
+    save_model(transformers.BeitForImageClassification, tmp_path / "deep", num_hidden_layers=12)
+    with pytest.raises(ValueError, match="no segmentation head; pass num_classes"):
+        keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path / "deep"))
+    # The official ADE20K configs tap blocks 3, 5, 7 and 11 of a 12-block encoder.
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path / "deep"), num_classes=6)
+    assert tuple(segmenter.backbone.out_indices) == (3, 5, 7, 11)
+    save_model(transformers.BeitForImageClassification, tmp_path / "shallow", num_hidden_layers=4)
+    message = "4 blocks, a depth with no official segmentation tap points; pass out_indices"
+    with pytest.raises(ValueError, match=message):
+        keras_beit.BEiTImageSegmenter.from_preset(str(tmp_path / "shallow"), num_classes=6)
+
+
 def test_data2vec_vision_segmentation_layout_loads(tmp_path):
     config = transformers.Data2VecVisionConfig(
         image_size=80, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,

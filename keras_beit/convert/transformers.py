@@ -14,6 +14,7 @@ from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
 from keras_beit.convert.layout import SettledLayout
+from keras_beit.convert.mmseg import DEFAULT_OUT_INDICES
 from keras_beit.convert.mmseg import fpn_weights
 from keras_beit.convert.mmseg import segmentation_head_weights
 from keras_beit.convert.resize import plan_resize
@@ -141,8 +142,8 @@ def _pyramid_config(config, tap_points):
     return {}
 
 
-def backbone_weights(backbone, prefix):
-    """(variable, key, transform) for every backbone variable."""
+def backbone_weights(backbone, prefix, with_fpn=True):
+    """(variable, key, transform) for every backbone variable (the pyramid's only `with_fpn`)."""
     embedding = backbone.patch_embedding
     yield embedding.cls_token, f"{prefix}embeddings.cls_token", None
     if backbone.use_mask_token:
@@ -180,7 +181,7 @@ def backbone_weights(backbone, prefix):
         yield from _dense(block.fc2, f"{layer}.output.dense")
     if backbone.final_norm is not None:
         yield from _norm(backbone.final_norm, f"{prefix}layernorm")
-    if backbone.fpn is not None:
+    if backbone.fpn is not None and with_fpn:
         yield from fpn_weights(backbone.fpn)
 
 
@@ -269,7 +270,10 @@ class TransformersLoader(SettledLayout, PresetLoader):
         pooler) are left unused; with one, every key must be used.
         """
         prefix = key_prefix(self.state)
-        pairs = list(backbone_weights(backbone, prefix))
+        # A classification or pre-training checkpoint has no pyramid: a
+        # segmenter built on it starts its FPN fresh, as transformers does.
+        with_fpn = any(re.match(r"fpn[12]\.", key) for key in self.state)
+        pairs = list(backbone_weights(backbone, prefix, with_fpn))
         allow_unused = None
         if task is None:
             outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head|layernorm)\."
@@ -290,11 +294,23 @@ class TransformersLoader(SettledLayout, PresetLoader):
             if issubclass(cls, BEiTImageSegmenter):
                 for key, value in segmenter_config(self.config).items():
                     kwargs.setdefault(key, value)
-        elif issubclass(cls, BEiTImageClassifier) and "num_classes" not in kwargs:
+        elif issubclass(cls, (BEiTImageClassifier, BEiTImageSegmenter)) and "num_classes" not in kwargs:
+            head = "classification" if issubclass(cls, BEiTImageClassifier) else "segmentation"
             raise ValueError(
                 f"{self.preset} is a {self.architecture or 'base model'} checkpoint "
-                "with no classification head; pass num_classes to add a new head."
+                f"with no {head} head; pass num_classes to add a new head."
             )
+        elif issubclass(cls, BEiTImageSegmenter):
+            # New pyramid and heads on the checkpoint's blocks, tapped where
+            # the official segmentation configs tap a backbone of this depth.
+            depth = self.config.get("num_hidden_layers", 12)
+            kwargs.setdefault("use_fpn", True)
+            kwargs.setdefault("out_indices", DEFAULT_OUT_INDICES.get(depth))
+            if kwargs["out_indices"] is None:
+                raise ValueError(
+                    f"{self.preset} has {depth} blocks, a depth with no official segmentation tap points; "
+                    "pass out_indices (four 0-based block indices)."
+                )
         task = super().load_task(cls, False, False, **kwargs)
         if load_weights:
             self._assign(task.backbone, task if has_head and load_task_weights else None)
