@@ -130,6 +130,21 @@ def test_shared_table_is_copied_into_every_block_for_fine_tuning(tmp_path):
     assert tuple(classifier(images).shape) == (2, 10)
 
 
+def test_a_segmenter_starts_from_a_pretraining_file_with_new_pyramid_and_heads(tmp_path):
+    # How the original semantic segmentation fine-tuning starts: BEiT's pre-trained blocks, new FPN and UperNet.
+    reference, state = _pretraining_file(tmp_path, num_hidden_layers=4)
+    path = save_pth(state, tmp_path / "pretrained.pth")
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(path, num_classes=5, out_indices=(0, 1, 2, 3))
+    images = _images()
+    _, hidden_states = segmenter.backbone.encode(images)
+    expected = run(reference.beit, images, output_hidden_states=True).hidden_states
+    for mine, theirs in zip(hidden_states, expected):
+        assert _error(mine, theirs.numpy()) <= ATOL
+    assert tuple(segmenter(images).shape) == (2, 16, 16, 5)
+    with pytest.raises(ValueError, match="no segmentation head; pass num_classes"):
+        keras_beit.BEiTImageSegmenter.from_preset(path)
+
+
 def test_training_arguments_next_to_the_weights_are_allowed(tmp_path):
     reference = save_model(transformers.BeitForImageClassification, tmp_path / "hf", **FINE_TUNED)
     path = save_pth(original_state(tmp_path / "hf"), tmp_path / "checkpoint-99.pth",

@@ -41,6 +41,8 @@ from keras_beit.convert.unilm import is_original_layout
 from keras_beit.convert.unilm import normalize_state
 from keras_beit.convert.unilm import read_original_file
 from keras_beit.convert.unilm import tensors_only
+from keras_beit.convert.segmenter_defaults import DEFAULT_OUT_INDICES
+from keras_beit.convert.segmenter_defaults import DEFAULT_POOL_SCALES
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import norm_weights as _norm
@@ -50,9 +52,6 @@ from keras_beit.models.preset_loading import register_preset_loader
 
 BACKBONE_PREFIX = "backbone."
 HEAD_PREFIXES = ("decode_head.", "auxiliary_head.")
-# The official configs (original_and_timm.md 1.7), by encoder depth.
-DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
-DEFAULT_POOL_SCALES = (1, 2, 3, 6)
 _HEAD_KEYS = r"^(decode_head|auxiliary_head)\."
 _FPN_KEYS = r"^fpn[12]\."
 

@@ -14,11 +14,11 @@ from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
 from keras_beit.convert.layout import SettledLayout
-from keras_beit.convert.mmseg import DEFAULT_OUT_INDICES
 from keras_beit.convert.mmseg import fpn_weights
 from keras_beit.convert.mmseg import segmentation_head_weights
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
+from keras_beit.convert.segmenter_defaults import new_segmenter_arguments
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import dense_weights as _dense
@@ -294,23 +294,13 @@ class TransformersLoader(SettledLayout, PresetLoader):
             if issubclass(cls, BEiTImageSegmenter):
                 for key, value in segmenter_config(self.config).items():
                     kwargs.setdefault(key, value)
-        elif issubclass(cls, (BEiTImageClassifier, BEiTImageSegmenter)) and "num_classes" not in kwargs:
-            head = "classification" if issubclass(cls, BEiTImageClassifier) else "segmentation"
+        elif issubclass(cls, BEiTImageClassifier) and "num_classes" not in kwargs:
             raise ValueError(
                 f"{self.preset} is a {self.architecture or 'base model'} checkpoint "
-                f"with no {head} head; pass num_classes to add a new head."
+                "with no classification head; pass num_classes to add a new head."
             )
         elif issubclass(cls, BEiTImageSegmenter):
-            # New pyramid and heads on the checkpoint's blocks, tapped where
-            # the official segmentation configs tap a backbone of this depth.
-            depth = self.config.get("num_hidden_layers", 12)
-            kwargs.setdefault("use_fpn", True)
-            kwargs.setdefault("out_indices", DEFAULT_OUT_INDICES.get(depth))
-            if kwargs["out_indices"] is None:
-                raise ValueError(
-                    f"{self.preset} has {depth} blocks, a depth with no official segmentation tap points; "
-                    "pass out_indices (four 0-based block indices)."
-                )
+            kwargs = new_segmenter_arguments(kwargs, self.config.get("num_hidden_layers", 12), self.preset)
         task = super().load_task(cls, False, False, **kwargs)
         if load_weights:
             self._assign(task.backbone, task if has_head and load_task_weights else None)

@@ -47,12 +47,14 @@ from keras_beit.convert.layout import SettledLayout
 from keras_beit.convert.resize import TABLE_SUFFIX
 from keras_beit.convert.resize import plan_resize
 from keras_beit.convert.resize import resize_state
+from keras_beit.convert.segmenter_defaults import new_segmenter_arguments
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import dense_weights as _dense
 from keras_beit.convert.weights import norm_weights as _norm
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_classifier import BEiTImageClassifier
+from keras_beit.models.image_segmenter import BEiTImageSegmenter
 from keras_beit.models.image_converter import BEIT_MEAN
 from keras_beit.models.image_converter import BEIT_STD
 from keras_beit.models.masked_image_modeler import BEiTMaskedImageModeler
@@ -270,7 +272,7 @@ def expand_shared_table(state, num_layers):
 # === Loading ===
 
 _BACKBONE_ARGUMENTS = (
-    "image_shape", "dtype", "window_size", "data_format", "out_indices", "gradient_checkpointing",
+    "image_shape", "dtype", "window_size", "data_format", "out_indices", "use_fpn", "gradient_checkpointing",
     "drop_path_rate", "dropout_rate", "attention_dropout_rate", "layer_scale_init_value",
     "use_relative_position_bias", "use_shared_relative_position_bias", "use_mask_token",
     "use_mean_pooling", "num_heads", "layer_norm_epsilon", "position_resize",
@@ -346,6 +348,8 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
             raise ValueError(
                 f"{self.preset} has no classification head; pass num_classes to add a new head."
             )
+        elif issubclass(cls, BEiTImageSegmenter):
+            kwargs = new_segmenter_arguments(kwargs, self.backbone_config["num_layers"], self.preset)
         task = super().load_task(cls, False, False, **kwargs)
         if load_weights:
             pairs = list(backbone_weights(task.backbone))
