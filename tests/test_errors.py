@@ -63,6 +63,14 @@ def test_masked_image_modeler_needs_a_mask_token(backbone):
         keras_beit.BEiTMaskedImageModeler(backbone, vocabulary_size=10)
 
 
+def test_a_mask_of_the_wrong_length_names_the_patch_count():
+    backbone = keras_beit.BEiTBackbone(**{**TINY, "use_mask_token": True})
+    modeler = keras_beit.BEiTMaskedImageModeler(backbone, vocabulary_size=10)
+    images = np.zeros((1, 32, 32, 3), "float32")
+    with pytest.raises(ValueError, match=r"one boolean per patch of 4 x 4 = 16 patches of each image"):
+        modeler({"images": images, "mask": np.zeros((1, 15), "bool")})
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("beit")

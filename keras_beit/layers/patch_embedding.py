@@ -119,6 +119,14 @@ class BEiTPatchEmbedding(keras.layers.Layer):
                     "A mask was given, but this model has no mask token. Build "
                     "it with `use_mask_token=True`."
                 )
+            grid_known = isinstance(grid_height, int) and isinstance(grid_width, int)
+            length = masked_patches.shape[1] if len(masked_patches.shape) == 2 else None
+            if len(masked_patches.shape) != 2 or (grid_known and length not in (None, grid_height * grid_width)):
+                patches = f"{grid_height} x {grid_width} = {grid_height * grid_width}" if grid_known else "the"
+                raise ValueError(
+                    f"The mask must be (batch, patches), one boolean per patch of {patches} patches of each image; "
+                    f"received a mask of shape {tuple(masked_patches.shape)}."
+                )
             weight = ops.cast(ops.expand_dims(masked_patches, -1), tokens.dtype)
             tokens = tokens * (1.0 - weight) + ops.cast(self.mask_token, tokens.dtype) * weight
         cls = ops.broadcast_to(ops.cast(self.cls_token, tokens.dtype), (batch, 1, self.hidden_dim))
