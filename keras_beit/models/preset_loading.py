@@ -5,6 +5,7 @@ converters (transformers, timm, unilm) register a factory here instead, so the
 model classes can load those formats without importing any converter.
 """
 
+import keras
 from keras_hub.models import Backbone
 from keras_hub.models import Preprocessor
 from keras_hub.models import Task
@@ -27,6 +28,12 @@ def get_preset_loader(preset):
     return preset_utils.get_preset_loader(preset)
 
 
+def _saved_policy(loader):
+    """The dtype policy name a keras-hub preset's backbone was saved with, or ""."""
+    dtype = (getattr(loader, "config", None) or {}).get("config", {}).get("dtype")
+    return dtype.get("config", {}).get("name", "") if isinstance(dtype, dict) else str(dtype or "")
+
+
 @classmethod
 def routed_from_preset(cls, preset, load_weights=True, **kwargs):
     """keras-hub's `from_preset`, routed through keras_beit's registered loaders.
@@ -47,6 +54,11 @@ def routed_from_preset(cls, preset, load_weights=True, **kwargs):
     if cls.backbone_cls != backbone_cls:
         cls = preset_utils.find_subclass(preset, cls, backbone_cls)
     if issubclass(cls, Task):
+        if kwargs.get("dtype") is None and _saved_policy(loader).startswith("mixed_"):
+            # keras-hub 0.32's task loader reads a saved mixed policy's name
+            # as a dtype and fails; what it means to do for float policies is
+            # to load in the current default policy, so that is passed.
+            kwargs["dtype"] = keras.config.dtype_policy()
         # A new head (num_classes given) never loads the preset's head.
         return loader.load_task(cls, load_weights, "num_classes" not in kwargs, **kwargs)
     if issubclass(cls, Preprocessor):
