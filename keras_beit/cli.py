@@ -11,7 +11,11 @@ def convert_command(args):
     kwargs = {}
     if args.image_size:
         kwargs["image_shape"] = (args.image_size, args.image_size, 3)
-    convert(args.source, args.output_dir, **kwargs)
+    try:
+        convert(args.source, args.output_dir, **kwargs)
+    except FileExistsError as error:
+        print(f"keras-beit convert: {error}", file=sys.stderr)
+        return 2
     print(f"Wrote a keras-hub preset to {args.output_dir}: {sorted(os.listdir(args.output_dir))}")
     if args.verify:
         from keras_beit.convert.catalogue import load_source

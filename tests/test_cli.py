@@ -42,6 +42,30 @@ def test_convert_writes_a_preset_that_matches_the_source(tmp_path, capsys):
     assert np.abs(keras.ops.convert_to_numpy(classifier(images)) - expected).max() <= 1e-4
 
 
+@pytest.mark.parametrize("target", ["a_folder_with_other_files", "the_source_itself"])
+def test_convert_never_replaces_a_directory_that_is_not_a_preset(target, tmp_path, capsys):
+    source = tmp_path / "hf"
+    save_model(transformers.BeitForImageClassification, source, use_relative_position_bias=True)
+    output = source if target == "the_source_itself" else tmp_path / "mine"
+    output.mkdir(exist_ok=True)
+    (output / "notes.txt").write_text("keep me")
+    before = sorted(os.listdir(output))
+    assert main(["convert", str(source), str(output)]) == 2
+    assert "is not a keras_beit preset" in capsys.readouterr().err
+    assert sorted(os.listdir(output)) == before and (output / "notes.txt").read_text() == "keep me"
+
+
+def test_convert_replaces_an_earlier_preset_with_ordinary_permissions(tmp_path):
+    source, output = tmp_path / "hf", tmp_path / "preset"
+    save_model(transformers.BeitModel, source, use_relative_position_bias=True)
+    assert main(["convert", str(source), str(output)]) == 0
+    assert main(["convert", str(source), str(output), "--image-size", "48"]) == 0
+    assert keras_beit.BEiTBackbone.from_preset(str(output)).image_shape == (48, 48, 3)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(output).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+
+
 def test_convert_at_another_image_size(tmp_path):
     source, output = tmp_path / "hf", tmp_path / "preset"
     save_model(transformers.BeitModel, source, use_relative_position_bias=True)

@@ -42,12 +42,43 @@ def cache_dir():
     return os.environ.get("KERAS_BEIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_beit")
 
 
+# What keras-hub's save_to_preset writes; a directory holding only these may be replaced.
+PRESET_FILES = {
+    "config.json", "metadata.json", "model.weights.h5", "task.json", "task.weights.h5",
+    "preprocessor.json", "image_converter.json", "assets",
+}
+
+
+def _refuse_to_replace(output_dir):
+    """Raises unless `output_dir` is absent, empty, or a keras_beit preset: nothing else may be lost."""
+    if not os.path.isdir(output_dir):
+        if os.path.exists(output_dir):
+            raise FileExistsError(f"{output_dir} exists and is not a directory; choose another output directory.")
+        return
+    others = sorted(set(os.listdir(output_dir)) - PRESET_FILES)
+    if others or (os.listdir(output_dir) and not _is_converted(output_dir)):
+        raise FileExistsError(
+            f"{output_dir} exists and is not a keras_beit preset (it holds {others or sorted(os.listdir(output_dir))}); "
+            "nothing was written. Choose a new output directory, or remove this one."
+        )
+
+
 def write_preset(model, output_dir, image_converter=None):
-    """Saves `model` as a keras-hub preset, built in a temporary directory and moved into place."""
+    """Saves `model` as a keras-hub preset, built in a temporary directory and moved into place.
+
+    An existing `output_dir` is replaced only when it is empty or a preset
+    itself, so a conversion never deletes anything else (a source
+    checkpoint included).
+    """
     output_dir = os.path.abspath(output_dir)
+    _refuse_to_replace(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".keras_beit_", dir=parent)
+    # mkdtemp makes it private (0700); a preset gets a plain directory's permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     try:
         model.save_to_preset(staging)
         if image_converter is not None:
@@ -81,6 +112,7 @@ def load_source(source, **kwargs):
 
 def convert(source, output_dir, **kwargs):
     """Converts any supported checkpoint (directory, .pth file) to a keras-hub preset."""
+    _refuse_to_replace(os.path.abspath(output_dir))  # before the work, not only before the move
     print(f"Converting {source} to a keras_beit preset in {output_dir} ...", flush=True)
     model, image_converter = load_source(source, **kwargs)
     return write_preset(model, output_dir, image_converter)
