@@ -114,6 +114,20 @@ def test_masked_image_modeling_fit_lowers_the_masked_token_loss(images):
     assert losses[-1] < losses[0]
 
 
+def test_masked_image_modeling_weights_per_image_spread_over_their_patches(images):
+    mim = _mim()
+    mask = np.random.default_rng(5).random((4, 16)) < 0.5
+    mask[0, 0] = True
+    tokens = np.random.default_rng(6).integers(0, 12, size=(4, 16))
+    x = {"images": images, "mask": mask}
+    logits = _numpy(mim(x)).astype("float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+    only_the_first_image = np.array([1.0, 0.0, 0.0, 0.0], "float32")
+    loss = mim.compute_loss(x=x, y=tokens, y_pred=mim(x), sample_weight=only_the_first_image)
+    assert float(_numpy(loss)) == pytest.approx(picked[0][mask[0]].mean(), rel=1e-5)
+
+
 def test_masked_image_modeling_loss_counts_masked_positions_only(images):
     mim = _mim()
     mask = np.zeros((4, 16), bool)

@@ -58,7 +58,7 @@ def _refuse_to_replace(output_dir):
     others = sorted(set(os.listdir(output_dir)) - PRESET_FILES)
     if others or (os.listdir(output_dir) and not _is_converted(output_dir)):
         raise FileExistsError(
-            f"{output_dir} exists and is not a keras_beit preset (it holds {others or sorted(os.listdir(output_dir))}); "
+            f"{output_dir} exists and is not a keras_beit preset (it holds {others or os.listdir(output_dir)}); "
             "nothing was written. Choose a new output directory, or remove this one."
         )
 

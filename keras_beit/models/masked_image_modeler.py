@@ -74,7 +74,10 @@ class BEiTMaskedImageModeler(Task):
     def _masked_weight(self, x, sample_weight):
         weight = ops.cast(x["mask"], "float32")
         if sample_weight is not None:
-            weight = weight * ops.cast(sample_weight, "float32")
+            sample_weight = ops.cast(sample_weight, "float32")
+            if len(sample_weight.shape) == 1:  # one weight per image, spread over its patches
+                sample_weight = ops.expand_dims(sample_weight, -1)
+            weight = weight * sample_weight
         return weight
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
