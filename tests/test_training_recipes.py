@@ -64,6 +64,12 @@ def test_a_fit_step_moves_each_layer_by_its_scale(tmp_path):
     assert scales["patch_embedding/projection/kernel"] == 0.5**5
 
 
+def test_layer_decay_refuses_an_optimizer_that_averages_inside_apply():
+    # Keras' EMA would follow the unscaled steps and then replace the weights with them.
+    with pytest.raises(ValueError, match="does not support use_ema=True"):
+        with_layer_decay(keras.optimizers.AdamW(1e-3, use_ema=True), _classifier(num_layers=2), 0.65)
+
+
 def test_fine_tuning_recipe_trains_a_tiny_classifier():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=48)

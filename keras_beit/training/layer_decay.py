@@ -87,6 +87,14 @@ def with_layer_decay(optimizer, model, decay, exclude_from_weight_decay=True):
     `fit()`. With `exclude_from_weight_decay`, the original's no-decay
     variables are excluded from the optimizer's weight decay.
     """
+    if getattr(optimizer, "use_ema", False):
+        # Keras updates (and may overwrite weights with) the moving average
+        # inside apply(), before the layer scales apply: it would track the
+        # undecayed steps, and finalize_variable_values would install them.
+        raise ValueError(
+            "with_layer_decay does not support use_ema=True: Keras' moving average would follow the steps before "
+            "the layer-wise scaling. Average the weights outside the optimizer instead (for example in a callback)."
+        )
     cls = type(optimizer)
     decayed_cls = type(f"LayerDecay{cls.__name__}", (_LayerDecayMixin, cls), {})
     decayed = decayed_cls.from_config(optimizer.get_config())
