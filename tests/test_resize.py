@@ -224,3 +224,14 @@ def test_without_a_method_or_a_static_size_the_tables_stay_at_the_checkpoint_gri
     assert tuple(kept(_images(48, 48)).shape) == (1, 37, 32)
     with pytest.raises(ValueError, match="position_resize must be one of"):
         keras_beit.BEiTBackbone.from_preset(path, image_shape=(48, 48, 3), position_resize="cubic")
+
+
+def test_position_resize_on_a_keras_hub_preset_says_where_it_applies(tmp_path):
+    # A saved preset resizes its tables at call time; the keyword must not vanish into keras.Model.
+    backbone = keras_beit.BEiTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=16,
+        use_relative_position_bias=True,
+    )
+    backbone.save_to_preset(str(tmp_path))
+    with pytest.raises(ValueError, match="position_resize applies when a checkpoint is converted on load"):
+        keras_beit.BEiTBackbone.from_preset(str(tmp_path), image_shape=(48, 48, 3), position_resize="geometric")

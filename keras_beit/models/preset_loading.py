@@ -43,6 +43,15 @@ def routed_from_preset(cls, preset, load_weights=True, **kwargs):
     metadata from it).
     """
     loader = get_preset_loader(preset)
+    if isinstance(loader, preset_utils.KerasPresetLoader) and "position_resize" in kwargs:
+        # Only the checkpoint converters resize tables on load; a keras-hub
+        # preset would pass the keyword on to keras.Model, which ignores it.
+        raise ValueError(
+            f"position_resize applies when a checkpoint is converted on load (a transformers or timm directory, a "
+            f".pth file); {preset!r} is a keras-hub preset, whose stored tables are resized bilinearly at call time "
+            "when image_shape changes. Load the source checkpoint with from_preset(source, image_shape=..., "
+            "position_resize=...) instead."
+        )
     backbone_cls = loader.check_backbone_class()
     if issubclass(cls, Backbone):
         if not issubclass(backbone_cls, cls):
