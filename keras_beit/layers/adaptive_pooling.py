@@ -55,8 +55,11 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
             raise ValueError("AdaptiveAveragePooling2D needs a known spatial size at call time.")
         rows = ops.convert_to_tensor(adaptive_pool_matrix(height, self._out_h), inputs.dtype)
         cols = ops.convert_to_tensor(adaptive_pool_matrix(width, self._out_w), inputs.dtype)
-        equation = "oh,bhwc,pw->bopc" if self.data_format == "channels_last" else "oh,bchw,pw->bcop"
-        return ops.einsum(equation, rows, inputs, cols)
+        # Two two-operand contractions: a three-operand einsum goes through
+        # opt_einsum on torch, which fixes the batch size torch.export traces.
+        if self.data_format == "channels_last":
+            return ops.einsum("pw,bowc->bopc", cols, ops.einsum("oh,bhwc->bowc", rows, inputs))
+        return ops.einsum("pw,bcow->bcop", cols, ops.einsum("oh,bchw->bcow", rows, inputs))
 
     def compute_output_shape(self, inputs_shape):
         return image_shape_like(inputs_shape, self.data_format, spatial=(self._out_h, self._out_w))

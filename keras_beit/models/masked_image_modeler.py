@@ -4,6 +4,7 @@ import keras
 from keras import ops
 from keras_hub.models import Task
 
+from keras_beit.layers.layout import spatial_dims
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preset_loading import routed_from_preset
@@ -48,7 +49,10 @@ class BEiTMaskedImageModeler(Task):
 
         # === Functional model ===
         images = keras.layers.Input(shape=backbone.image_shape, name="images")
-        mask = keras.layers.Input(shape=(None,), dtype="bool", name="mask")
+        # One entry per patch; a known patch count lets exporters trace it as such.
+        height, width = spatial_dims((None, *backbone.image_shape), backbone.data_format)
+        patches = height * width // backbone.patch_size**2 if height and width else None
+        mask = keras.layers.Input(shape=(patches,), dtype="bool", name="mask")
         sequence, _ = backbone.encode(images, mask)
         logits = self.lm_head(self.norm(sequence)[:, 1:])
         Task.__init__(self, inputs={"images": images, "mask": mask}, outputs=logits, **kwargs)
