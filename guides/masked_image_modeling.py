@@ -8,8 +8,11 @@ a few pre-training steps with model.fit.
 Visual tokens come from an image tokenizer that is not part of BEiT itself:
 the DALL-E dVAE (8192 tokens) for BEiT v1 and DiT, VQ-KD for BEiT v2. Feed
 their token ids, shape (batch, patches), as the labels. Here, offline, a
-fixed random projection of each patch's pixels stands in for the tokenizer,
-so the targets are a learnable function of the image.
+fixed random projection of each patch's pixels stands in for the tokenizer.
+The guide's images are noise, so a hidden patch's token cannot be read off
+its visible neighbours: the steps show the mechanics (masks, labels, the
+loss over masked patches going down as the model learns the token
+frequencies), not a meaningful accuracy; that takes real images.
 
 By default the model is `beit_base_patch16_224_pt22k` (hub); with
 `--offline` a small model is built from scratch.

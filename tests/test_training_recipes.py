@@ -108,6 +108,14 @@ def test_blockwise_masks_are_deterministic_under_a_seed():
     assert (BlockwiseMaskGenerator(seed=3).mask_for(5) == BlockwiseMaskGenerator(seed=3).mask_for(5)).all()
 
 
+def test_unseeded_generators_draw_different_per_sample_masks():
+    # Only a seed makes mask_for reproducible; without one each generator differs, as its own rng does.
+    first, second = BlockwiseMaskGenerator(seed=None), BlockwiseMaskGenerator(seed=None)
+    assert any((first.mask_for(i) != second.mask_for(i)).any() for i in range(4))
+    seeded = BlockwiseMaskGenerator(seed=3)
+    np.testing.assert_array_equal(seeded.mask_for(2), BlockwiseMaskGenerator(seed=3).mask_for(2))
+
+
 def test_masks_feed_masked_image_modeling_in_a_tf_data_pipeline():
     import tensorflow as tf
 

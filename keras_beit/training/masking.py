@@ -44,6 +44,8 @@ class BlockwiseMaskGenerator:
         self.log_aspect = (math.log(min_aspect), math.log(max_aspect))
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # mask_for depends on (this seed, index) only; unseeded, draw one, as the rng above does.
+        self._mask_for_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
 
     def _place_block(self, mask, budget, rng):
         for _ in range(10):
@@ -77,7 +79,7 @@ class BlockwiseMaskGenerator:
 
     def mask_for(self, index):
         """The mask of sample `index`, independent of call order (for parallel pipelines)."""
-        return self(np.random.default_rng([self.seed or 0, index]))
+        return self(np.random.default_rng([self._mask_for_seed, index]))
 
     def batch(self, batch_size):
         """`(batch_size, height * width)` boolean masks."""
