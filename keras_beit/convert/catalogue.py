@@ -55,10 +55,10 @@ def _refuse_to_replace(output_dir):
         if os.path.exists(output_dir):
             raise FileExistsError(f"{output_dir} exists and is not a directory; choose another output directory.")
         return
-    others = sorted(set(os.listdir(output_dir)) - PRESET_FILES)
-    if others or (os.listdir(output_dir) and not _is_converted(output_dir)):
+    entries = sorted(os.listdir(output_dir))
+    if entries and (set(entries) - PRESET_FILES or not _is_converted(output_dir)):
         raise FileExistsError(
-            f"{output_dir} exists and is not a keras_beit preset (it holds {others or os.listdir(output_dir)}); "
+            f"{output_dir} exists and is not a keras_beit preset (it holds {entries}); "
             "nothing was written. Choose a new output directory, or remove this one."
         )
 

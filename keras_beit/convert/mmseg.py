@@ -53,7 +53,7 @@ from keras_beit.models.preset_loading import register_preset_loader
 BACKBONE_PREFIX = "backbone."
 HEAD_PREFIXES = ("decode_head.", "auxiliary_head.")
 _HEAD_KEYS = r"^(decode_head|auxiliary_head)\."
-_FPN_KEYS = r"^fpn[12]\."
+FPN_KEYS = r"^fpn[12]\."
 
 
 # === Key table: the feature pyramid and the UperNet/FCN heads, in mmseg names ===
@@ -192,7 +192,7 @@ class MmsegLoader(OriginalLayoutLoader):
         return pairs
 
     def _unused(self, backbone):
-        return _HEAD_KEYS if backbone.fpn is not None else f"{_HEAD_KEYS}|{_FPN_KEYS}"
+        return _HEAD_KEYS if backbone.fpn is not None else f"{_HEAD_KEYS}|{FPN_KEYS}"
 
     def load_backbone(self, cls, load_weights, **kwargs):
         backbone = super().load_backbone(cls, False, **kwargs)

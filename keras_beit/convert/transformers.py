@@ -14,6 +14,7 @@ from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
 from keras_beit.convert.layout import SettledLayout
+from keras_beit.convert.mmseg import FPN_KEYS
 from keras_beit.convert.mmseg import fpn_weights
 from keras_beit.convert.mmseg import segmentation_head_weights
 from keras_beit.convert.resize import plan_resize
@@ -272,7 +273,7 @@ class TransformersLoader(SettledLayout, PresetLoader):
         prefix = key_prefix(self.state)
         # A classification or pre-training checkpoint has no pyramid: a
         # segmenter built on it starts its FPN fresh, as transformers does.
-        with_fpn = any(re.match(r"fpn[12]\.", key) for key in self.state)
+        with_fpn = any(re.match(FPN_KEYS, key) for key in self.state)
         pairs = list(backbone_weights(backbone, prefix, with_fpn))
         allow_unused = None
         if task is None:

@@ -124,8 +124,6 @@ class BEiTBlock(keras.layers.Layer):
         return layer(x, training=training) if training and layer.rate > 0 else x
 
     def call(self, inputs, bias=None, training=None, return_attention_scores=False):
-        checkpoint = self.gradient_checkpointing and training
-
         def attend(x, *bias_if_any):
             return self.attention(
                 self.norm_before(x),
@@ -143,7 +141,7 @@ class BEiTBlock(keras.layers.Layer):
         # Dropout and drop path therefore stay outside, and the attention is
         # recomputed only while its own dropout is off. remat passes tensors
         # only, hence the bias rides along only when there is one.
-        if checkpoint:
+        if self.gradient_checkpointing and training:
             mlp = keras.remat(mlp)
             if self.attention.dropout_rate == 0:
                 attend = keras.remat(attend)

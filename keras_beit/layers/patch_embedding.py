@@ -19,14 +19,19 @@ def image_grid(images, patch_size, data_format):
         )
     sizes = dict(zip(("height", "width"), spatial_dims(shape, data_format)))
     for name, size in sizes.items():
-        message = f"The image {name} must be a multiple of the patch size {patch_size}; received images of shape"
-        if isinstance(size, int) and size % patch_size:
-            raise ValueError(f"{message} {tuple(shape)}.")
-        if graph_checks.is_tf_tensor(size):
+        if isinstance(size, int):
+            if size % patch_size:
+                raise ValueError(f"{_not_a_multiple(name, patch_size)} {tuple(shape)}.")
+        elif graph_checks.is_tf_tensor(size):
             # A tensorflow function traced with an unknown size: the strided
             # patch convolution would silently drop the remainder.
+            message = _not_a_multiple(name, patch_size)
             sizes[name] = graph_checks.checked(size, ops.equal(size % patch_size, 0), message, ops.shape(images))
     return sizes["height"] // patch_size, sizes["width"] // patch_size
+
+
+def _not_a_multiple(name, patch_size):
+    return f"The image {name} must be a multiple of the patch size {patch_size}; received images of shape"
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -119,13 +124,13 @@ class BEiTPatchEmbedding(keras.layers.Layer):
                     "A mask was given, but this model has no mask token. Build "
                     "it with `use_mask_token=True`."
                 )
-            grid_known = isinstance(grid_height, int) and isinstance(grid_width, int)
-            length = masked_patches.shape[1] if len(masked_patches.shape) == 2 else None
-            if len(masked_patches.shape) != 2 or (grid_known and length not in (None, grid_height * grid_width)):
-                patches = f"{grid_height} x {grid_width} = {grid_height * grid_width}" if grid_known else "the"
+            patches = grid_height * grid_width
+            patches = patches if isinstance(patches, int) else None  # unknown in a graph traced for any size
+            mask_shape = tuple(masked_patches.shape)
+            if len(mask_shape) != 2 or (None not in (patches, mask_shape[1]) and mask_shape[1] != patches):
                 raise ValueError(
-                    f"The mask must be (batch, patches), one boolean per patch of {patches} patches of each image; "
-                    f"received a mask of shape {tuple(masked_patches.shape)}."
+                    f"The mask must be (batch, patches), one boolean per patch ({patches or 'all'} of them); "
+                    f"received a mask of shape {mask_shape}."
                 )
             weight = ops.cast(ops.expand_dims(masked_patches, -1), tokens.dtype)
             tokens = tokens * (1.0 - weight) + ops.cast(self.mask_token, tokens.dtype) * weight
