@@ -114,6 +114,16 @@ def test_dit_absolute_positions(tmp_path):
     assert _error(model({"images": images, "mask": mask}), expected) <= ATOL
 
 
+def test_a_new_head_keeps_the_files_trained_fc_norm(tmp_path):
+    reference = save_model(transformers.BeitForImageClassification, tmp_path / "hf", **FINE_TUNED)
+    path = save_pth(original_state(tmp_path / "hf"), tmp_path / "beit_base_patch16_224_pt22k_ft22k.pth")
+    classifier = keras_beit.BEiTImageClassifier.from_preset(path, num_classes=3)
+    images = _images()
+    with torch.no_grad():
+        expected = reference.beit(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).pooler_output
+    assert _error(classifier.pooler(classifier.backbone(images)), expected.numpy()) <= ATOL
+
+
 def test_shared_table_is_copied_into_every_block_for_fine_tuning(tmp_path):
     reference, state = _pretraining_file(tmp_path)
     path = save_pth(state, tmp_path / "pretrained.pth")

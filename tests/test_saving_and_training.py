@@ -69,6 +69,18 @@ def test_classifier_reloads_identically_from_a_preset(images, tmp_path):
     np.testing.assert_array_equal(_numpy(backbone(images)), _numpy(classifier.backbone(images)))
 
 
+def test_a_preset_loaded_with_a_new_head_keeps_the_saved_pooler_norm(images, tmp_path):
+    classifier = _classifier()
+    classifier.save_to_preset(str(tmp_path))
+    saved_norm = [_numpy(v) for v in classifier.pooler.norm.weights]
+    assert not np.allclose(saved_norm[0], 1.0)  # randomised, so keeping it differs from starting afresh
+    for cls in (keras_beit.BEiTImageClassifier, __import__("keras_hub").models.ImageClassifier):
+        reloaded = cls.from_preset(str(tmp_path), num_classes=7)
+        assert reloaded.num_classes == 7
+        for kept, saved in zip(reloaded.pooler.norm.weights, saved_norm):
+            np.testing.assert_array_equal(_numpy(kept), saved)
+
+
 def test_masked_image_modeler_reloads_identically(images, tmp_path):
     mim = _mim()
     x = {"images": images, "mask": np.random.default_rng(2).random((4, 16)) < 0.5}

@@ -107,6 +107,19 @@ def test_classifier_logits_and_pooled_output_match(name, tmp_path):
         assert _max_error(pooled_output, with_pooler) <= ATOL
 
 
+@pytest.mark.parametrize("source", [transformers.BeitForImageClassification, transformers.BeitModel])
+def test_a_new_head_keeps_the_checkpoints_trained_pooler_norm(source, tmp_path):
+    # As from_pretrained(..., num_labels=3, ignore_mismatched_sizes=True): only the final Dense starts afresh.
+    reference = save_model(source, tmp_path, **CONFIGS["per_layer_bias"])
+    classifier = keras_beit.BEiTImageClassifier.from_preset(str(tmp_path), num_classes=3)
+    images = _images(CONFIGS["per_layer_bias"])
+    with torch.no_grad():
+        base = reference.beit if hasattr(reference, "beit") else reference
+        expected = base(pixel_values=to_torch(images)).pooler_output.numpy()
+    assert _max_error(classifier.pooler(classifier.backbone(images)), expected) <= ATOL
+    assert tuple(classifier(images).shape) == (2, 3)
+
+
 @pytest.mark.parametrize(
     "name", ["shared_bias", "shared_and_per_layer_bias", "absolute_positions_dit"]
 )

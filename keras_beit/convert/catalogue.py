@@ -21,6 +21,7 @@ from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_converter import BEiTImageConverter
+from keras_beit.models.preset_loading import BEiTPresetLoader
 from keras_beit.models.preset_loading import get_preset_loader
 from keras_beit.models.preset_loading import register_preset_loader
 from keras_beit.presets import BUNDLED
@@ -175,7 +176,7 @@ def catalogue_loader(preset):
     if preset.startswith(HF_PREFIX) and not _is_beit_repo(preset[len(HF_PREFIX):]):
         return None  # a keras-hub preset hosted on the hub: keras-hub reads it itself
     directory = resolve(preset)
-    return KerasPresetLoader(directory, load_json(directory, "config.json"))
+    return BEiTPresetLoader(directory, load_json(directory, "config.json"))
 
 
 def _is_beit_repo(repo_id):

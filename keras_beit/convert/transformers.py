@@ -23,6 +23,7 @@ from keras_beit.convert.segmenter_defaults import new_segmenter_arguments
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import dense_weights as _dense
+from keras_beit.convert.weights import kept_pooler_norm
 from keras_beit.convert.weights import norm_weights as _norm
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_classifier import BEiTImageClassifier
@@ -264,11 +265,12 @@ class TransformersLoader(SettledLayout, PresetLoader):
             self._assign(backbone)
         return backbone
 
-    def _assign(self, backbone, task=None):
+    def _assign(self, backbone, task=None, kept=()):
         """Loads the base model's weights, and the task head's when `task` is given.
 
         Without a task, keys outside the base model (another task's head, the
-        pooler) are left unused; with one, every key must be used.
+        pooler) are left unused unless named in `kept`; with one, every key
+        must be used.
         """
         prefix = key_prefix(self.state)
         # A classification or pre-training checkpoint has no pyramid: a
@@ -277,6 +279,7 @@ class TransformersLoader(SettledLayout, PresetLoader):
         pairs = list(backbone_weights(backbone, prefix, with_fpn))
         allow_unused = None
         if task is None:
+            pairs += list(kept)
             outside = rf"^(?!{prefix})" if prefix else r"^(pooler|classifier|lm_head|layernorm)\."
             allow_unused = rf"{outside}|^{prefix}pooler\."
         else:
@@ -304,7 +307,11 @@ class TransformersLoader(SettledLayout, PresetLoader):
             kwargs = new_segmenter_arguments(kwargs, self.config.get("num_hidden_layers", 12), self.preset)
         task = super().load_task(cls, False, False, **kwargs)
         if load_weights:
-            self._assign(task.backbone, task if has_head and load_task_weights else None)
+            if has_head and load_task_weights:
+                self._assign(task.backbone, task)
+            else:
+                pooler = f"{key_prefix(self.state)}pooler.layernorm"
+                self._assign(task.backbone, kept=kept_pooler_norm(task, self.state, pooler))
         return task
 
     # --- Position tables resized once on load: from_preset(..., image_shape=(H, W, 3),

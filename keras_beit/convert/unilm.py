@@ -51,6 +51,7 @@ from keras_beit.convert.segmenter_defaults import new_segmenter_arguments
 from keras_beit.convert.weights import assign
 from keras_beit.convert.weights import conv
 from keras_beit.convert.weights import dense_weights as _dense
+from keras_beit.convert.weights import kept_pooler_norm
 from keras_beit.convert.weights import norm_weights as _norm
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.image_classifier import BEiTImageClassifier
@@ -357,7 +358,8 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
             if has_head and load_task_weights:
                 assign(pairs + list(head_weights(task)), state, skip=SKIPPED_KEYS)
             else:
-                assign(pairs, state, skip=SKIPPED_KEYS, allow_unused=HEAD_KEYS)
+                kept = kept_pooler_norm(task, state, "fc_norm")
+                assign(pairs + list(kept), state, skip=SKIPPED_KEYS, allow_unused=HEAD_KEYS)
         return task
 
     def load_image_converter(self, cls, **kwargs):

@@ -28,6 +28,18 @@ def norm_weights(layer, key):
     yield layer.beta, f"{key}.bias", None
 
 
+def kept_pooler_norm(task, state, key):
+    """The checkpoint's pooler LayerNorm `{key}`, for a classifier given a new head.
+
+    transformers' `from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)`
+    and the original fine-tuning start only the final Dense afresh; the pooler
+    norm (`pooler.layernorm`, `fc_norm`) was trained with the blocks and is kept.
+    """
+    norm = getattr(getattr(task, "pooler", None), "norm", None)
+    if norm is not None and f"{key}.weight" in state:
+        yield from norm_weights(norm, key)
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model built from it."""
 

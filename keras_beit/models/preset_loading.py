@@ -6,12 +6,53 @@ model classes can load those formats without importing any converter.
 """
 
 import keras
+import numpy as np
 from keras_hub.models import Backbone
 from keras_hub.models import Preprocessor
 from keras_hub.models import Task
 from keras_hub.src.utils import preset_utils
 
 _LOADER_FACTORIES = []
+# Where Keras' weights file keeps a saved classifier's pooler LayerNorm: Keras
+# names a model's layers by class, and the pooler holds its norm as `norm`.
+_SAVED_POOLER_NORM = "layers/b_ei_t_pooler/norm/vars"
+
+
+def is_keras_beit_preset(config):
+    """Whether a keras-hub preset's config.json holds a keras_beit backbone."""
+    return str(config.get("registered_name", "")).startswith("keras_beit>")
+
+
+class BEiTPresetLoader(preset_utils.KerasPresetLoader):
+    """keras-hub's loader for saved presets, keeping a classifier's pooler norm under a new head.
+
+    keras-hub loads only the backbone when `num_classes` is given; the pooler
+    LayerNorm sits in the task (it is transformers' `pooler.layernorm`) and
+    was trained with the blocks, so it is kept, as it is from a checkpoint.
+    """
+
+    def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        task = super().load_task(cls, load_weights, load_task_weights, **kwargs)
+        norm = getattr(getattr(task, "pooler", None), "norm", None)
+        if load_weights and not load_task_weights and norm is not None and self._saved_classifier():
+            import h5py
+
+            with h5py.File(preset_utils.get_file(self.preset, preset_utils.TASK_WEIGHTS_FILE), "r") as f:
+                if _SAVED_POOLER_NORM not in f:
+                    raise ValueError(
+                        f"{self.preset}'s task weights have no pooler LayerNorm at {_SAVED_POOLER_NORM}; "
+                        "it was saved by a keras_beit this version cannot read."
+                    )
+                saved = f[_SAVED_POOLER_NORM]
+                norm.load_own_variables({key: np.asarray(saved[key]) for key in saved})
+        return task
+
+    def _saved_classifier(self):
+        files = (preset_utils.TASK_CONFIG_FILE, preset_utils.TASK_WEIGHTS_FILE)
+        if not all(preset_utils.check_file_exists(self.preset, name) for name in files):
+            return False
+        task_config = preset_utils.load_json(self.preset, preset_utils.TASK_CONFIG_FILE)
+        return task_config.get("registered_name") == "keras_beit>BEiTImageClassifier"
 
 
 def register_preset_loader(factory):
