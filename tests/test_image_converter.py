@@ -4,10 +4,11 @@ transformers' BeitImageProcessor.
 Without torchvision, `transformers.BeitImageProcessor` resolves to
 `BeitImageProcessorPil` (with a warning), so the PIL class is used directly. It
 resizes the uint8 image with PIL, which rounds to uint8 after each of its two
-passes (horizontal, then vertical), then computes `(x / 255 - mean) / std`.
-The converter resizes in float, so after a resize the two agree to within one
-8-bit level, 2 / 255 after normalization with std 0.5; with no resize they
-agree to float precision.
+passes (one axis, then the other), then computes `(x / 255 - mean) / std`.
+The converter does the same for uint8 images and resizes float images in one
+float pass; either way a resize agrees to within one 8-bit level, 2 / 255
+after normalization with std 0.5, and with no resize the two agree to float
+precision.
 """
 
 import keras
@@ -217,3 +218,70 @@ def test_processor_without_rescaling_feeds_pixels_as_they_are():
 def test_a_crop_larger_than_the_resized_image_is_refused():
     with pytest.raises(ValueError, match=r"crop_size \(48, 48\) must fit inside the resized image_size \(40, 40\)"):
         keras_beit.BEiTImageConverter(image_size=(40, 40), crop_size=(48, 48))
+
+
+def document_image(height, width, seed=0):
+    """Black strokes on white, as a scanned page: bicubic overshoots at every edge."""
+    rng = np.random.default_rng(seed)
+    page = np.full((height, width), 255, "uint8")
+    for _ in range(height * width // 2000 + 5):
+        top, left = rng.integers(0, height - 4), rng.integers(0, width - 8)
+        page[top:top + rng.integers(2, 6), left:left + rng.integers(4, 30)] = 0
+    return np.repeat(page[..., None], 3, axis=-1)
+
+
+def bicubic_processor(side=224):
+    return transformers.BeitImageProcessorPil(size={"height": side, "width": side}, resample=3, do_center_crop=False)
+
+
+# Landscape (PIL starts with the width), portrait shrinking height much more (PIL 13 starts with the height), upscale.
+PAGE_SHAPES = [(480, 640), (640, 200), (100, 90)]
+
+
+@pytest.mark.parametrize("shape", PAGE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bicubic_resize_of_8_bit_pages_matches_the_processor_within_one_step(shape):
+    # PIL rounds and clips to 0..255 after each axis; one float pass is up to ~20 levels off at the strokes.
+    processor = bicubic_processor()
+    converter = keras_beit.BEiTImageConverter(**image_converter_config(processor.to_dict()))
+    page = document_image(*shape)[None]
+    pixels = keras.ops.convert_to_numpy(converter(page))  # uint8 in, as a decoded file arrives
+    assert np.abs(pixels - reference(page, processor)).max() <= ONE_STEP
+
+
+def test_8_bit_pages_resize_the_same_inside_a_tf_data_pipeline():
+    import tensorflow as tf
+
+    processor = bicubic_processor(side=64)
+    converter = keras_beit.BEiTImageConverter(**image_converter_config(processor.to_dict()))
+    pages = [document_image(*shape, seed=i) for i, shape in enumerate(PAGE_SHAPES)]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(pages), output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
+    ).map(converter)
+    for page, pixels in zip(pages, dataset):
+        assert np.abs(pixels.numpy() - reference(page[None], processor)[0]).max() <= ONE_STEP
+
+
+def test_processor_config_resample_0_gives_nearest():
+    assert image_converter_config({**OFFICIAL_PROCESSOR_CONFIG, "resample": 0})["interpolation"] == "nearest"
+
+
+@pytest.mark.parametrize("resample", [1, 4, 5], ids=["lanczos", "box", "hamming"])
+def test_a_resample_filter_without_a_keras_equivalent_is_refused(resample):
+    with pytest.raises(ValueError, match=rf"resample={resample}; BEiTImageConverter supports PIL's NEAREST \(0\)"):
+        image_converter_config({**OFFICIAL_PROCESSOR_CONFIG, "resample": resample})
+
+
+def test_an_aspect_keeping_shortest_edge_size_is_refused():
+    # BeitImageProcessor would resize 37 x 61 to 32 x 52, not to 32 x 32.
+    with pytest.raises(ValueError, match=r"size \{'shortest_edge': 32\}.*fixed height and width"):
+        image_converter_config({**OFFICIAL_PROCESSOR_CONFIG, "size": {"shortest_edge": 32}})
+
+
+def test_without_resizing_segmentation_maps_keep_their_size_and_are_reduced():
+    # do_resize false: transformers returns each map at its own size, labels reduced.
+    converter = keras_beit.BEiTImageConverter(image_size=None)
+    preprocessor = keras_beit.BEiTImageSegmenterPreprocessor(converter, reduce_labels=True)
+    maps = np.array([[[0, 1, 2], [150, 255, 7]]], "uint8")
+    pixels, labels = preprocessor(np.zeros((1, 2, 3, 3), "float32"), maps)
+    assert keras.ops.convert_to_numpy(pixels).shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(labels), [[[255, 0, 1], [149, 255, 6]]])

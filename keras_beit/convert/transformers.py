@@ -35,7 +35,8 @@ from keras_beit.models.preset_loading import register_preset_loader
 MODEL_TYPES = ("beit", "data2vec-vision")
 # Buffers that the model recomputes; old checkpoints store them.
 SKIPPED_KEYS = (r"relative_position_index$", r"num_batches_tracked$")
-_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+# PIL's resample codes; LANCZOS (1), BOX (4) and HAMMING (5) have no Keras equivalent on every backend.
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 # save_pretrained writes the hub's legacy (4.x) key names, but a state_dict
 # saved from a transformers 5 model in memory uses the new module names, and
 # transformers 5 writes data2vec-vision's segmentation heads under new names
@@ -363,9 +364,21 @@ def image_converter_config(processor):
     """BEiTImageConverter arguments from a BeitImageProcessor config dict."""
     size = processor.get("size", 224)
     if isinstance(size, dict):
-        size = (size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge")))
+        if set(size) != {"height", "width"}:
+            raise ValueError(
+                f"preprocessor_config.json has size {size}; BEiTImageConverter resizes to a fixed height and width "
+                "(BEiT's processors use {'height': H, 'width': W}), not to an edge length that keeps the aspect "
+                "ratio. Build the converter yourself with image_size=(H, W), or edit the config."
+            )
+        size = (size["height"], size["width"])
     else:
         size = _pair(size)
+    resample = processor.get("resample", 3)
+    if resample not in _PIL_RESAMPLE:
+        raise ValueError(
+            f"preprocessor_config.json has resample={resample}; BEiTImageConverter supports PIL's NEAREST (0), "
+            "BILINEAR (2) and BICUBIC (3). Build the converter yourself with another interpolation, or edit the config."
+        )
     normalize = processor.get("do_normalize", True)
     crop = processor.get("crop_size", 224)
     if isinstance(crop, dict):
@@ -376,7 +389,7 @@ def image_converter_config(processor):
         "std": tuple(processor.get("image_std", (0.5, 0.5, 0.5))) if normalize else (1.0, 1.0, 1.0),
         "rescale_factor": processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0,
         "crop_size": _pair(crop) if processor.get("do_center_crop", False) else None,
-        "interpolation": _PIL_RESAMPLE.get(processor.get("resample", 3), "bicubic"),
+        "interpolation": _PIL_RESAMPLE[resample],
     }
 
 

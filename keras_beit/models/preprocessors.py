@@ -57,10 +57,13 @@ class BEiTImageSegmenterPreprocessor(ImageSegmenterPreprocessor):
                 y = reduce_labels(y)
             if len(y.shape) == 3:
                 y = y[:, None] if channels_first else y[..., None]
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
-            super().call(x, y=y, sample_weight=sample_weight)
+        # A converter with no image_size (do_resize false) leaves maps at their own size, as transformers does.
+        resizes_maps = self.image_converter is not None and self.image_converter.image_size is not None
+        x, resized, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            super().call(x, y=y if resizes_maps else None, sample_weight=sample_weight)
         )
         if y is not None:
+            y = resized if resizes_maps else y
             if self.image_converter is not None and self.image_converter.crop_size is not None:
                 y = self.image_converter.center_crop(y)  # BeitImageProcessor crops the maps too
             y = y[:, 0] if channels_first else y[..., 0]
