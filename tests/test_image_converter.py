@@ -285,3 +285,18 @@ def test_without_resizing_segmentation_maps_keep_their_size_and_are_reduced():
     pixels, labels = preprocessor(np.zeros((1, 2, 3, 3), "float32"), maps)
     assert keras.ops.convert_to_numpy(pixels).shape == (1, 2, 3, 3)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(labels), [[[255, 0, 1], [149, 255, 6]]])
+
+
+def test_predict_resizes_8_bit_images_in_its_pipeline_as_the_processor_does():
+    # predict() maps the preprocessor over a tf.data pipeline, where the image sizes are static.
+    processor = transformers.BeitImageProcessorPil(size={"height": 32, "width": 32}, resample=3, do_center_crop=False)
+    converter = keras_beit.BEiTImageConverter(**image_converter_config(processor.to_dict()))
+    backbone = keras_beit.BEiTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=24
+    )
+    classifier = keras_beit.BEiTImageClassifier(
+        backbone, num_classes=3, preprocessor=keras_beit.BEiTImageClassifierPreprocessor(converter)
+    )
+    pages = np.stack([document_image(96, 40, seed) for seed in (0, 1)])  # height shrinks most: height first
+    expected = keras.ops.convert_to_numpy(classifier(reference(pages, processor)))
+    np.testing.assert_allclose(classifier.predict(pages, verbose=0), expected, atol=1e-4)

@@ -56,10 +56,10 @@ class PillowResizing(keras.layers.Resizing):
 
         floats = ops.cast(images, "float32")
         height_shrink, width_shrink = height - self.height, width - self.width
-        starts_with_height = ops.numpy.logical_and(height_shrink > 0, height_shrink > 2 * width_shrink)
         if isinstance(height, int) and isinstance(width, int):
-            resized = height_first() if starts_with_height else width_first()
+            resized = height_first() if 0 < height_shrink and 2 * width_shrink < height_shrink else width_first()
         else:  # sizes known only when a tf.data graph runs
+            starts_with_height = ops.numpy.logical_and(height_shrink > 0, height_shrink > 2 * width_shrink)
             resized = ops.core.cond(starts_with_height, height_first, width_first)
         return ops.cast(resized, images.dtype)
 
