@@ -1,4 +1,4 @@
-"""Mixed precision and LoRA fine-tuning."""
+"""Mixed precision, LoRA fine-tuning and int8 quantization."""
 
 import keras
 import numpy as np
@@ -157,3 +157,44 @@ def test_a_preset_saved_under_mixed_bfloat16_loads_in_the_current_policy(mixed_b
         keras.ops.convert_to_numpy(reference.predict(images, verbose=0)),
         atol=1e-5,
     )
+
+
+def _outputs(model, inputs):
+    return keras.ops.convert_to_numpy(model(inputs))
+
+
+@pytest.mark.parametrize("entry_point", ["keras_beit", "keras_hub"])
+def test_a_quantized_backbone_preset_reloads_quantized(entry_point, tmp_path):
+    backbone = keras_beit.BEiTBackbone(**TINY)
+    backbone.quantize("int8")
+    backbone.save_to_preset(str(tmp_path))
+    cls = keras_beit.BEiTBackbone if entry_point == "keras_beit" else __import__("keras_hub").models.Backbone
+    reloaded = cls.from_preset(str(tmp_path))
+    assert reloaded.blocks[0].fc1.quantization_mode == "int8"
+    images, _ = _data()
+    np.testing.assert_array_equal(_outputs(reloaded, images), _outputs(backbone, images))
+
+
+def test_quantizing_a_classifier_quantizes_its_backbone_and_it_reloads(tmp_path):
+    converter = keras_beit.BEiTImageConverter(image_size=(16, 16))
+    classifier = keras_beit.BEiTImageClassifier(
+        keras_beit.BEiTBackbone(**TINY), num_classes=3, preprocessor=keras_beit.BEiTImageClassifierPreprocessor(converter)
+    )
+    classifier.quantize("int8")  # the preprocessor's unbuilt layers are not walked
+    assert classifier.backbone.blocks[0].attention.query.quantization_mode == "int8"
+    assert classifier.output_dense.quantization_mode is None  # keras-hub rebuilds heads in float
+    images, _ = _data()
+    classifier.save(tmp_path / "classifier.keras")
+    reloaded = keras.saving.load_model(tmp_path / "classifier.keras")
+    np.testing.assert_array_equal(_outputs(reloaded, images), _outputs(classifier, images))
+
+
+def test_a_quantized_masked_image_modeler_preset_reloads(tmp_path):
+    mim = keras_beit.BEiTMaskedImageModeler(keras_beit.BEiTBackbone(**TINY, use_mask_token=True), vocabulary_size=7)
+    mim.quantize("int8")
+    mim.save_to_preset(str(tmp_path))
+    reloaded = keras_beit.BEiTMaskedImageModeler.from_preset(str(tmp_path))
+    images, _ = _data()
+    inputs = {"images": images, "mask": np.random.default_rng(1).random((8, 4)) < 0.5}
+    assert reloaded.backbone.blocks[1].fc2.quantization_mode == "int8"
+    np.testing.assert_array_equal(_outputs(reloaded, inputs), _outputs(mim, inputs))

@@ -9,6 +9,7 @@ from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
+from keras_beit.models.quantization import quantize_backbone
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -31,6 +32,7 @@ class BEiTImageClassifier(ImageClassifier):
 
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
+    quantize = quantize_backbone
     preprocessor_cls = BEiTImageClassifierPreprocessor
 
     def __init__(

@@ -14,6 +14,7 @@ from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
+from keras_beit.models.quantization import quantize_backbone
 from keras_beit.models.segmentation_metrics import BEiTMeanIoU
 
 
@@ -99,6 +100,7 @@ class BEiTImageSegmenter(ImageSegmenter):
 
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
+    quantize = quantize_backbone
     preprocessor_cls = BEiTImageSegmenterPreprocessor
 
     def __init__(

@@ -8,6 +8,7 @@ from keras_beit.layers.layout import spatial_dims
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preset_loading import routed_from_preset
+from keras_beit.models.quantization import quantize_backbone
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -30,6 +31,7 @@ class BEiTMaskedImageModeler(Task):
 
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
+    quantize = quantize_backbone
     preprocessor_cls = None
 
     def __init__(self, backbone, vocabulary_size=8192, preprocessor=None, **kwargs):

@@ -31,6 +31,15 @@ class BEiTPresetLoader(preset_utils.KerasPresetLoader):
     was trained with the blocks, so it is kept, as it is from a checkpoint.
     """
 
+    def get_backbone_kwargs(self, **kwargs):
+        backbone_kwargs, kwargs = super().get_backbone_kwargs(**kwargs)
+        saved = (self.config.get("config") or {}).get("dtype")
+        if backbone_kwargs.get("dtype") is None and isinstance(saved, dict) and saved.get("class_name") == "DTypePolicyMap":
+            # keras-hub would pass dtype=None over a quantized backbone's saved
+            # policy map and rebuild its layers unquantized.
+            del backbone_kwargs["dtype"]
+        return backbone_kwargs, kwargs
+
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
         task = super().load_task(cls, load_weights, load_task_weights, **kwargs)
         norm = getattr(getattr(task, "pooler", None), "norm", None)
