@@ -1,5 +1,7 @@
 """BEiTImageSegmenter, its feature pyramid and preprocessor, against transformers."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -251,6 +253,19 @@ def test_post_process_matches_transformers(tmp_path):
     for mine, theirs in zip(ours, expected):
         assert (mine == theirs.numpy()).mean() > 0.999
     np.testing.assert_array_equal(_numpy(_segmenter().post_process(logits)), logits.argmax(-1))
+
+
+def test_post_process_takes_one_target_size_per_image_as_transformers_does():
+    logits = np.random.default_rng(1).normal(size=(2, 8, 8, 5)).astype("float32")
+    outputs = types.SimpleNamespace(logits=torch.from_numpy(logits.transpose(0, 3, 1, 2).copy()))
+    sizes = [(30, 20), (12, 40)]
+    expected = _processor().post_process_semantic_segmentation(outputs, target_sizes=sizes)
+    ours = _segmenter().post_process(logits, target_size=sizes)
+    assert [tuple(_numpy(mine).shape) for mine in ours] == sizes
+    for mine, theirs in zip(ours, expected):
+        assert (_numpy(mine) == theirs.numpy()).mean() > 0.999
+    with pytest.raises(ValueError, match="target_size lists 1 sizes for a batch of 2 images"):
+        _segmenter().post_process(logits, target_size=[(30, 20)])
 
 
 @pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (0, 1, 1, 2)], ids=["last_block_tapped", "blocks_after_last_tap"])

@@ -1,6 +1,7 @@
 """BEiTImageSegmenter: FPN features, UperNet decode head and FCN auxiliary head."""
 
 import keras
+import numpy as np
 from keras import ops
 from keras_hub.models import ImageSegmenter
 from keras_hub.models import Task
@@ -226,8 +227,20 @@ class BEiTImageSegmenter(ImageSegmenter):
     def post_process(self, logits, target_size=None):
         """Label maps `(batch, height, width)` from logits, like transformers'
         `post_process_semantic_segmentation`: bilinear upsampling to
-        `target_size` (when given), then the arg-max class."""
+        `target_size` (when given), then the arg-max class.
+
+        `target_size` is one `(height, width)` for the whole batch, or a list
+        with one per image (transformers' `target_sizes`, for images of
+        different sizes); then the result is a list of label maps.
+        """
         logits = ops.convert_to_tensor(logits)
+        if target_size is not None and np.ndim(target_size) == 2:
+            if len(target_size) != logits.shape[0]:
+                raise ValueError(
+                    f"target_size lists {len(target_size)} sizes for a batch of {logits.shape[0]} images; "
+                    "pass one (height, width) per image, or a single (height, width) for all."
+                )
+            return [self.post_process(logits[i : i + 1], size)[0] for i, size in enumerate(target_size)]
         if target_size is None:
             return ops.argmax(logits, axis=channel_axis(self.data_format))
         return ops.argmax(upsample_logits(logits, tuple(target_size), self.data_format), axis=-1)
