@@ -24,16 +24,22 @@ def is_keras_beit_preset(config):
 
 
 class BEiTPresetLoader(preset_utils.KerasPresetLoader):
-    """keras-hub's loader for saved presets, keeping a classifier's pooler norm under a new head.
+    """keras-hub's loader for saved keras_beit presets, mending three keras-hub 0.32 behaviours.
 
     keras-hub loads only the backbone when `num_classes` is given; the pooler
     LayerNorm sits in the task (it is transformers' `pooler.layernorm`) and
     was trained with the blocks, so it is kept, as it is from a checkpoint.
+    A quantized backbone keeps its saved policy map, and a task saved under a
+    mixed policy loads in the current one. Both entry points use it: ours and
+    keras-hub's own `from_preset` (see keras_hub_integration).
     """
+
+    def _saved_dtype(self):
+        return (self.config.get("config") or {}).get("dtype")
 
     def get_backbone_kwargs(self, **kwargs):
         backbone_kwargs, kwargs = super().get_backbone_kwargs(**kwargs)
-        saved = (self.config.get("config") or {}).get("dtype")
+        saved = self._saved_dtype()
         if backbone_kwargs.get("dtype") is None and isinstance(saved, dict) and saved.get("class_name") == "DTypePolicyMap":
             # keras-hub would pass dtype=None over a quantized backbone's saved
             # policy map and rebuild its layers unquantized.
@@ -41,6 +47,13 @@ class BEiTPresetLoader(preset_utils.KerasPresetLoader):
         return backbone_kwargs, kwargs
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        saved = self._saved_dtype()
+        policy = saved.get("config", {}).get("name", "") if isinstance(saved, dict) else str(saved or "")
+        if kwargs.get("dtype") is None and policy.startswith("mixed_"):
+            # keras-hub 0.32's task loader reads a saved mixed policy's name
+            # as a dtype and fails; what it means to do for float policies is
+            # to load in the current default policy, so that is passed.
+            kwargs["dtype"] = keras.config.dtype_policy()
         task = super().load_task(cls, load_weights, load_task_weights, **kwargs)
         norm = getattr(getattr(task, "pooler", None), "norm", None)
         if load_weights and not load_task_weights and norm is not None and self._saved_classifier():
@@ -78,12 +91,6 @@ def get_preset_loader(preset):
     return preset_utils.get_preset_loader(preset)
 
 
-def _saved_policy(loader):
-    """The dtype policy name a keras-hub preset's backbone was saved with, or ""."""
-    dtype = (getattr(loader, "config", None) or {}).get("config", {}).get("dtype")
-    return dtype.get("config", {}).get("name", "") if isinstance(dtype, dict) else str(dtype or "")
-
-
 @classmethod
 def routed_from_preset(cls, preset, load_weights=True, **kwargs):
     """keras-hub's `from_preset`, routed through keras_beit's registered loaders.
@@ -113,11 +120,6 @@ def routed_from_preset(cls, preset, load_weights=True, **kwargs):
     if cls.backbone_cls != backbone_cls:
         cls = preset_utils.find_subclass(preset, cls, backbone_cls)
     if issubclass(cls, Task):
-        if kwargs.get("dtype") is None and _saved_policy(loader).startswith("mixed_"):
-            # keras-hub 0.32's task loader reads a saved mixed policy's name
-            # as a dtype and fails; what it means to do for float policies is
-            # to load in the current default policy, so that is passed.
-            kwargs["dtype"] = keras.config.dtype_policy()
         # A new head (num_classes given) never loads the preset's head.
         return loader.load_task(cls, load_weights, "num_classes" not in kwargs, **kwargs)
     if issubclass(cls, Preprocessor):
