@@ -55,7 +55,7 @@ def _error(actual, expected):
 
 @pytest.mark.parametrize(
     "weights_file, global_pool",
-    [("model.safetensors", "avg"), ("pytorch_model.bin", "avg"), ("model.safetensors", "")],
+    [("model.safetensors", "avg"), ("pytorch_model.bin", "avg"), ("model.safetensors", "token")],
     ids=["safetensors_avg", "pytorch_bin_avg", "safetensors_cls_token"],
 )
 def test_timm_directory_matches(weights_file, global_pool, tmp_path):
@@ -108,6 +108,38 @@ def test_beit_base_224_has_the_published_parameter_count():
     """86,530,984 parameters with the 1000-class head (original_and_timm.md 0; timm 86.53M)."""
     backbone = keras_beit.BEiTBackbone(**convert_backbone_config({"architecture": "beit_base_patch16_224"}))
     assert keras_beit.BEiTImageClassifier(backbone, 1000).count_params() == 86_530_984
+
+
+def test_none_in_model_args_keeps_the_entry_point_value_as_timm_create_model_does():
+    # timm drops None keyword arguments, so beit_base_patch16_224 keeps its init_values=0.1.
+    config = convert_backbone_config({"architecture": "beit_base_patch16_224", "model_args": {"init_values": None}})
+    assert config["layer_scale_init_value"] == 0.1
+    no_scale = convert_backbone_config({"architecture": "beit_base_patch16_224", "model_args": {"init_values": 0.0}})
+    assert no_scale["layer_scale_init_value"] == 0.0
+
+
+def test_pooling_combinations_keras_beit_cannot_express_are_refused():
+    with pytest.raises(ValueError, match="use_fc_norm=False with global_pool='avg'"):
+        convert_backbone_config({"architecture": "beit_base_patch16_224", "model_args": {"use_fc_norm": False}})
+    with pytest.raises(ValueError, match="global_pool must be 'avg', 'token' or ''"):
+        convert_backbone_config({"architecture": "beit_base_patch16_224", "global_pool": "max"})
+
+
+def test_global_pool_none_loads_as_a_backbone_but_not_with_its_per_token_head(tmp_path):
+    reference = save_model(
+        transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True,
+        use_mean_pooling=False, layer_norm_eps=1e-6,
+    )
+    directory = save_timm(original_state(tmp_path / "hf", store_index=False), tmp_path / "timm", _config(global_pool=""))
+    backbone = keras_beit.BEiTBackbone.from_preset(directory)
+    images = _images()
+    hidden = run(reference, images, output_hidden_states=True)
+    # timm's forward_features with global_pool '': the final norm over the whole sequence.
+    normalised = reference.beit.layernorm(hidden.hidden_states[-1]).detach().numpy()
+    assert _error(backbone(images), normalised) <= ATOL
+    with pytest.raises(ValueError, match="global_pool=''.*every token"):
+        keras_beit.BEiTImageClassifier.from_preset(directory)
+    assert tuple(keras_beit.BEiTImageClassifier.from_preset(directory, num_classes=3)(images).shape) == (2, 3)
 
 
 def test_a_headless_directory_loads_as_a_backbone_and_needs_num_classes_for_a_classifier(tmp_path):

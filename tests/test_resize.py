@@ -157,6 +157,17 @@ def test_absolute_positions_match_torch_bicubic():
     np.testing.assert_allclose(ours[:, 1:], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dst", [(6, 5), (3, 2)], ids=["up", "down"])
+def test_antialiased_absolute_positions_match_torch_as_timm_resizes(dst):
+    positions = np.random.default_rng(4).normal(size=(1, 1 + 16, 8)).astype("float32")
+    ours = resize.resize_position_embeddings(positions, (4, 4), dst, antialias=True)
+    grid = torch.from_numpy(positions[0, 1:].reshape(4, 4, 8)).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(grid, size=dst, mode="bicubic", align_corners=False, antialias=True)
+    expected = expected[0].permute(1, 2, 0).reshape(1, dst[0] * dst[1], 8).numpy()
+    np.testing.assert_array_equal(ours[:, :1], positions[:, :1])
+    np.testing.assert_allclose(ours[:, 1:], expected, atol=1e-5)
+
+
 def test_an_unknown_method_is_refused():
     with pytest.raises(ValueError, match="position_resize must be one of"):
         resize.resize_relative_position_table(_table((4, 4), 1), (4, 4), (5, 5), "nearest")

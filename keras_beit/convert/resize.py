@@ -25,9 +25,11 @@ the three CLS rows are kept as they are. Methods (`position_resize=`):
   `F.interpolate(mode="bilinear", align_corners=False)`, exactly what
   keras_beit's layers do at call time for a grid they were not built for.
 
-Absolute position embeddings `(1, 1 + h * w, dim)` are always resized with
+Absolute position embeddings `(1, 1 + h * w, dim)` are resized with
 PyTorch's bicubic kernel (`align_corners=False`), the CLS position kept, as
-both the original and transformers do.
+both the original and transformers do; timm passes `antialias=True` as well
+(`resample_abs_pos_embed`), which is another filter (a = -0.5, taps cut at
+the border and renormalised, widened when shrinking), so timm files get that.
 """
 
 import numpy as np
@@ -147,8 +149,40 @@ def resize_relative_position_table(table, src_window, dst_window, method="geomet
     return np.concatenate([resized, cls_rows], axis=0)
 
 
-def resize_position_embeddings(embeddings, src_window, dst_window):
-    """`(1, 1 + h * w, dim)` absolute positions resized with PyTorch's bicubic; CLS kept."""
+def _antialiased_cubic(x):
+    x = np.abs(x)
+    a = -0.5  # PyTorch's antialiased bicubic takes PIL's coefficient
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def antialiased_bicubic_matrix(in_size, out_size):
+    """(out_size, in_size) weights of `F.interpolate(mode="bicubic", antialias=True)`.
+
+    PyTorch's (and PIL's) separable resampling: each output pixel's taps
+    are the input pixels within the filter's support around its centre,
+    cut at the border, weighted and renormalised to sum to one.
+    """
+    scale = in_size / out_size
+    support = 2.0 * max(scale, 1.0)
+    stretch = 1.0 / scale if scale >= 1.0 else 1.0
+    matrix = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        first = max(int(center - support + 0.5), 0)
+        last = min(int(center + support + 0.5), in_size)
+        taps = np.arange(first, last)
+        weights = _antialiased_cubic((taps - center + 0.5) * stretch)
+        matrix[i, first:last] = weights / weights.sum()
+    return matrix
+
+
+def resize_position_embeddings(embeddings, src_window, dst_window, antialias=False):
+    """`(1, 1 + h * w, dim)` absolute positions resized with PyTorch's bicubic; CLS kept.
+
+    `antialias` selects `F.interpolate(..., antialias=True)`, as timm resizes.
+    """
     embeddings = np.asarray(embeddings)
     src_h, src_w = (int(s) for s in src_window)
     if embeddings.shape[1] != 1 + src_h * src_w:
@@ -159,17 +193,22 @@ def resize_position_embeddings(embeddings, src_window, dst_window):
     if tuple(src_window) == tuple(dst_window):
         return embeddings
     grid = embeddings[0, 1:].reshape(src_h, src_w, -1)
-    resized = _uniform_grid(grid, int(dst_window[0]), int(dst_window[1]), "bicubic")
+    dst_h, dst_w = int(dst_window[0]), int(dst_window[1])
+    if antialias:
+        rows, cols = antialiased_bicubic_matrix(src_h, dst_h), antialiased_bicubic_matrix(src_w, dst_w)
+        resized = np.einsum("oh,hwc,pw->opc", rows, grid.astype("float64"), cols)
+    else:
+        resized = _uniform_grid(grid, dst_h, dst_w, "bicubic")
     resized = resized.reshape(1, -1, embeddings.shape[-1]).astype(embeddings.dtype)
     return np.concatenate([embeddings[:, :1], resized], axis=1)
 
 
-def resize_state(state, src_window, dst_window, method, position_keys=()):
+def resize_state(state, src_window, dst_window, method, position_keys=(), antialias_positions=False):
     """A copy of `state` with every relative table and the named position embeddings resized.
 
     Tables are the keys ending in "relative_position_bias_table";
-    `position_keys` names the absolute position embeddings. `method=None`
-    returns `state` unchanged.
+    `position_keys` names the absolute position embeddings (resized with
+    `antialias=antialias_positions`). `method=None` returns `state` unchanged.
     """
     if method is None or tuple(src_window) == tuple(dst_window):
         return state
@@ -179,7 +218,7 @@ def resize_state(state, src_window, dst_window, method, position_keys=()):
         if key.endswith(TABLE_SUFFIX):
             resized[key] = resize_relative_position_table(value, src_window, dst_window, method)
         elif key in position_keys:
-            resized[key] = resize_position_embeddings(value, src_window, dst_window)
+            resized[key] = resize_position_embeddings(value, src_window, dst_window, antialias_positions)
     return resized
 
 

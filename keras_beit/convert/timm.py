@@ -14,10 +14,17 @@ shared table), so the key table and the loading logic are unilm's
 versions do not store `relative_position_index`; older ones did, and it is
 skipped either way. LayerNorm epsilon is 1e-6, timm's.
 
-A new `image_shape` resizes the tables once on load, like timm's
-`checkpoint_filter_fn`. The default, `position_resize="geometric"`, is the
-original BEiT code's cubic spline; timm's own default is the piecewise-linear
-interpolation on the same grid, `position_resize="geometric_linear"`.
+A new `image_shape` resizes the tables once on load as timm's
+`checkpoint_filter_fn` does when `timm.create_model(..., pretrained=True,
+img_size=...)` loads the file: by default `position_resize="geometric_linear"`
+(piecewise-linear on the original's geometric grid; "geometric" is the
+original's cubic spline, timm's with TIMM_USE_SCIPY_INTERP=1), and absolute
+position embeddings with antialiased bicubic.
+
+`global_pool` is timm's: "avg" (mean of the patch tokens, then `fc_norm`) or
+"token" (the CLS token after the final `norm`). With "" timm applies the
+head to every token; such a directory loads as a backbone (the normalised
+sequence), not with its head as a classifier.
 """
 
 import os
@@ -29,6 +36,7 @@ from keras_beit.convert.unilm import ORIGINAL_LAYER_NORM_EPSILON
 from keras_beit.convert.unilm import OriginalLayoutLoader
 from keras_beit.convert.unilm import infer_backbone_config
 from keras_beit.convert.unilm import normalize_state
+from keras_beit.models.image_classifier import BEiTImageClassifier
 from keras_beit.models.image_converter import BEIT_MEAN
 from keras_beit.models.image_converter import BEIT_STD
 from keras_beit.models.preset_loading import register_preset_loader
@@ -69,10 +77,18 @@ def timm_model_args(config):
     args = {**_DEFAULTS, **ARCHITECTURES.get(name, {})}
     if "global_pool" in config:
         args["global_pool"] = config["global_pool"]
-    args.update(config.get("model_args") or {})
+    # timm.create_model drops None arguments, so None keeps the entry point's value.
+    args.update({k: v for k, v in (config.get("model_args") or {}).items() if v is not None})
     bad = [k for k in _UNSUPPORTED if args.get(k)]
     if bad:
         raise ValueError(f"timm BEiT options {bad} are not supported by keras_beit.")
+    if args["global_pool"] not in ("avg", "token", ""):
+        raise ValueError(f"timm global_pool must be 'avg', 'token' or ''; received {args['global_pool']!r}.")
+    if args.get("use_fc_norm") is not None and bool(args["use_fc_norm"]) != (args["global_pool"] == "avg"):
+        raise ValueError(
+            f"timm use_fc_norm={args['use_fc_norm']} with global_pool={args['global_pool']!r} is not "
+            "supported: keras_beit normalises after mean pooling ('avg') and before CLS pooling ('token')."
+        )
     return args
 
 
@@ -130,6 +146,9 @@ def image_converter_config(config, image_size):
 class TimmLoader(OriginalLayoutLoader):
     """A timm BEiT directory; weights are read on first use."""
 
+    default_position_resize = "geometric_linear"
+    antialias_positions = True
+
     def __init__(self, preset, config):
         super().__init__(preset, config)
         self._state = None
@@ -151,6 +170,15 @@ class TimmLoader(OriginalLayoutLoader):
 
     def converter_config(self):
         return image_converter_config(self.config, tuple(self.backbone_config["image_shape"][:2]))
+
+    def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        if timm_model_args(self.config)["global_pool"] == "" and load_task_weights and issubclass(cls, BEiTImageClassifier) and "head.weight" in self.state:
+            raise ValueError(
+                f"{self.preset} has global_pool='': timm applies its head to every token, and a "
+                "BEiTImageClassifier pools first. Load it with BEiTBackbone.from_preset, or pass "
+                "num_classes for a new head on the CLS token."
+            )
+        return super().load_task(cls, load_weights, load_task_weights, **kwargs)
 
 
 def is_timm_beit(config):

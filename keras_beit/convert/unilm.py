@@ -288,6 +288,7 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
     """
 
     default_position_resize = "geometric"
+    antialias_positions = False
 
     def __init__(self, preset, config):
         super().__init__(preset, config)
@@ -322,7 +323,8 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
             state = expand_shared_table(state, backbone.num_layers)
         source_window = tuple(self.backbone_config["window_size"])
         return resize_state(
-            state, source_window, backbone.window_size, self._resize_method, (POSITION_EMBEDDINGS,)
+            state, source_window, backbone.window_size, self._resize_method, (POSITION_EMBEDDINGS,),
+            self.antialias_positions,
         )
 
     def load_backbone(self, cls, load_weights, **kwargs):

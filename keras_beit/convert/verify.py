@@ -163,13 +163,12 @@ def reference_model(source, model):
         try:
             import timm
         except ImportError:
-            state = read_state_dict(source)
+            state = normalize_state(read_state_dict(source))  # zero q/v biases for qkv_bias=False
             description = "transformers, on the timm tensors renamed (timm is not installed)"
         else:
-            reference = timm.create_model(
-                architecture_name(config), pretrained=False, num_classes=config.get("num_classes", 0),
-                **timm_model_args(config),
-            )
+            # timm 1.0 repeats num_classes inside model_args; the top-level value wins, as in timm.
+            arguments = {**timm_model_args(config), "num_classes": config.get("num_classes", 0)}
+            reference = timm.create_model(architecture_name(config), pretrained=False, **arguments)
             # Strict: timm's relative_position_index buffers are not persistent, so every key must fit.
             reference.load_state_dict(_torch_state(read_state_dict(source)))
             return reference.eval(), "timm"
