@@ -7,6 +7,9 @@ the ratios published in original_and_timm.md 1.4. Then loading at a new
 resolution is checked end to end on the current backend.
 """
 
+import json
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -246,3 +249,35 @@ def test_position_resize_on_a_keras_hub_preset_says_where_it_applies(tmp_path):
     backbone.save_to_preset(str(tmp_path))
     with pytest.raises(ValueError, match="position_resize applies when a checkpoint is converted on load"):
         keras_beit.BEiTBackbone.from_preset(str(tmp_path), image_shape=(48, 48, 3), position_resize="geometric")
+
+
+def _write_processor(directory, **config):
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_processor_type": "BeitImageProcessor", "do_normalize": True, "image_mean": [0.5] * 3,
+                   "image_std": [0.5] * 3, "resample": 2, **config}, f)
+
+
+def test_a_new_size_gives_the_image_converter_that_size_too(tmp_path):
+    """predict() takes images of any size; the converter must resize to the size the model was built for."""
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", **TINY_ORIGINAL)
+    _write_processor(tmp_path / "hf", do_resize=True, size={"height": 32, "width": 32}, do_center_crop=False)
+    classifier = keras_beit.BEiTImageClassifier.from_preset(str(tmp_path / "hf"), image_shape=(48, 40, 3))
+    images = np.random.default_rng(5).integers(0, 256, size=(2, 61, 53, 3)).astype("uint8")
+    processor = transformers.BeitImageProcessorPil(size={"height": 48, "width": 40}, resample=2, do_center_crop=False)
+    expected = processor(list(images), return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+    ours = keras.ops.convert_to_numpy(classifier.preprocessor.image_converter(images))
+    assert np.abs(ours - expected).max() <= 0.0079  # one 8-bit level after (x / 255 - 0.5) / 0.5
+    assert classifier.predict(images, verbose=0).shape == (2, 5)
+
+
+def test_a_new_size_keeps_the_processors_resize_to_crop_ratio(tmp_path):
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", **TINY_ORIGINAL)
+    # Resize to 40 then crop 32 (as 256 -> 224); at 48 that is resize to 60 then crop 48.
+    _write_processor(
+        tmp_path / "hf", do_resize=True, size={"height": 40, "width": 40},
+        do_center_crop=True, crop_size={"height": 32, "width": 32},
+    )
+    converter = keras_beit.BEiTImageClassifier.from_preset(
+        str(tmp_path / "hf"), image_shape=(48, 48, 3)
+    ).preprocessor.image_converter
+    assert converter.image_size == (60, 60) and tuple(converter.crop_size) == (48, 48)

@@ -18,15 +18,43 @@ def with_data_format(config, kwargs):
     return config, {**kwargs, "data_format": data_format}
 
 
+def sized_for(config, image_size):
+    """Image converter arguments whose output is `image_size`, the size a model was built for.
+
+    A checkpoint's processor resizes to its training size; a model loaded at
+    another size (`from_preset(..., image_shape=...)`) needs images of its
+    own. With a centre crop, the processor's resize-to-crop ratio is kept
+    (256 -> 224 becomes 439 -> 384).
+    """
+    crop = config.get("crop_size")
+    final = crop or config.get("image_size")
+    if image_size is None or final is None or tuple(final) == tuple(image_size):
+        return config
+    if crop is None:
+        return {**config, "image_size": tuple(image_size)}
+    resize = tuple(round(r * n / c) for r, n, c in zip(config["image_size"], image_size, crop))
+    return {**config, "image_size": resize, "crop_size": tuple(image_size)}
+
+
 class SettledLayout:
-    """For loaders: the image converter takes the layout the backbone was built in."""
+    """For loaders: the image converter takes the layout and size the backbone was built in."""
 
     data_format = None
+    image_size = None  # the backbone's static (height, width), once built
 
     def settle_data_format(self, config, kwargs):
         config, kwargs = with_data_format(config, kwargs)
         self.data_format = kwargs["data_format"]
         return config, kwargs
 
+    def settle_image_size(self, backbone):
+        shape = backbone.image_shape
+        height, width = shape[:2] if backbone.data_format == "channels_last" else shape[1:]
+        self.image_size = (height, width) if height and width else None
+
     def converter_layout(self, kwargs):
         return kwargs if self.data_format is None else {"data_format": self.data_format, **kwargs}
+
+    def settled_converter(self, cls, config, kwargs):
+        """`cls` (an image converter) for the backbone: its layout, and images of its size."""
+        return cls(**{**sized_for(config, self.image_size), **self.converter_layout(kwargs)})

@@ -262,6 +262,7 @@ class TransformersLoader(SettledLayout, PresetLoader):
             kwargs, config["window_size"], config["patch_size"], self.default_position_resize
         )
         backbone = cls(**{**config, **kwargs})
+        self.settle_image_size(backbone)
         if load_weights:
             self._assign(backbone)
         return backbone
@@ -343,7 +344,7 @@ class TransformersLoader(SettledLayout, PresetLoader):
         else:
             # No processor saved: the official processors' settings at the model's size.
             config = {"image_size": _pair(self.config.get("image_size", 224))}
-        return cls(**{**config, **self.converter_layout(kwargs)})
+        return self.settled_converter(cls, config, kwargs)
 
 
 def segmenter_config(config):

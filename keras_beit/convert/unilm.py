@@ -293,7 +293,6 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
     def __init__(self, preset, config):
         super().__init__(preset, config)
         self._resize_method = self.default_position_resize
-        self._image_size = None
 
     def check_backbone_class(self):
         return BEiTBackbone
@@ -333,8 +332,7 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
             kwargs, config["window_size"], config["patch_size"], self.default_position_resize
         )
         backbone = cls(**{**config, **kwargs})
-        height, width = backbone.image_shape[:2] if backbone.data_format == "channels_last" else backbone.image_shape[1:]
-        self._image_size = (height, width) if height and width else None
+        self.settle_image_size(backbone)
         if load_weights:
             assign(backbone_weights(backbone), self.prepared_state(backbone), skip=SKIPPED_KEYS, allow_unused=HEAD_KEYS)
         return backbone
@@ -365,10 +363,7 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
         return task
 
     def load_image_converter(self, cls, **kwargs):
-        config = self.converter_config()
-        if self._image_size is not None:
-            config["image_size"] = self._image_size  # the size the model was built for
-        return cls(**{**config, **self.converter_layout(kwargs)})
+        return self.settled_converter(cls, self.converter_config(), kwargs)
 
 
 class UnilmLoader(OriginalLayoutLoader):
