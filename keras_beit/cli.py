@@ -11,9 +11,11 @@ def convert_command(args):
     kwargs = {}
     if args.image_size:
         kwargs["image_shape"] = (args.image_size, args.image_size, 3)
+    from keras_beit.convert.catalogue import PresetDownloadError
+
     try:
         convert(args.source, args.output_dir, **kwargs)
-    except FileExistsError as error:
+    except (FileExistsError, PresetDownloadError) as error:
         print(f"keras-beit convert: {error}", file=sys.stderr)
         return 2
     print(f"Wrote a keras-hub preset to {args.output_dir}: {sorted(os.listdir(args.output_dir))}")
@@ -37,9 +39,10 @@ def convert_command(args):
 
 
 def presets_command(args):
+    from keras_beit.presets import BUNDLED
     from keras_beit.presets import CATALOGUE
 
-    for name, entry in CATALOGUE.items():
+    for name, entry in {**CATALOGUE, **BUNDLED}.items():
         metrics = ", ".join(f"{k} {v}" for k, v in entry["metrics"].items())
         sources = ", ".join(f"{k}: {v}" for k, v in entry["sources"].items())
         print(f"{name}\n    {entry['task']}; {metrics or 'no published metric'}\n    {sources}")

@@ -80,6 +80,20 @@ def test_presets_lists_the_catalogue(capsys):
     printed = capsys.readouterr().out
     assert "beit_base_patch16_224\n" in printed and "imagenet_top1 85.2" in printed
     assert "beit_base_patch16_640_ade20k" in printed and "microsoft/beit-base-finetuned-ade-640-640" in printed
+    # The preset shipped in the package is listed too, with where it lives.
+    assert "beit_tiny_digits\n" in printed and "bundled: keras_beit/assets/beit_tiny_digits" in printed
+
+
+def test_convert_of_a_handle_the_hub_cannot_serve_exits_2_with_the_reason(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("KERAS_BEIT_CACHE", str(tmp_path / "cache"))
+    assert main(["convert", "beit_base_patch16_224", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith("keras-beit convert: Could not fetch 'microsoft/beit-base-patch16-224'")
+    assert not (tmp_path / "out").exists()
 
 
 def _original_classifier(tmp_path):

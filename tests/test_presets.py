@@ -183,3 +183,12 @@ def test_catalogue_script_converts_and_verifies_each_entry(offline_hub, monkeypa
     assert os.path.isfile(tmp_path / "out" / "beit_tiny_test" / "model.weights.h5")
     assert script.main([str(tmp_path / "out"), "beit_tiny_test"]) == 0  # a second run skips it
     assert "already converted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("handle", ["beit_base_patch16_224", "hf://microsoft/beit-base-patch16-224"])
+def test_a_handle_the_hub_cannot_serve_says_what_to_load_instead(offline_hub, handle):
+    with pytest.raises(OSError) as raised:
+        keras_beit.BEiTImageClassifier.from_preset(handle)
+    message = str(raised.value)
+    assert "Could not fetch 'microsoft/beit-base-patch16-224' from the Hugging Face hub" in message
+    assert "a transformers or timm directory" in message and "'beit_tiny_digits'" in message

@@ -119,11 +119,28 @@ def convert(source, output_dir, **kwargs):
     return write_preset(model, output_dir, image_converter)
 
 
+class PresetDownloadError(OSError):
+    """A catalogue name or hf:// handle whose files could not be fetched from the hub."""
+
+
+def _downloaded(fetch, repo_id):
+    try:
+        return fetch()
+    except OSError as error:  # huggingface_hub's connection, HTTP and offline-cache errors are all OSErrors
+        cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise PresetDownloadError(
+            f"Could not fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: {cause}). "
+            "Without hub access, pass a local copy to from_preset: a transformers or timm directory, an original "
+            f".pth file or a keras-hub preset directory; or use the bundled preset {sorted(BUNDLED)[0]!r}. "
+            "HF_HUB_OFFLINE=1 makes this fail at once instead of after huggingface_hub's retries."
+        ) from error
+
+
 def download_hf(repo_id):
     """A local snapshot of a Hugging Face model repository (progress bars included)."""
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id, allow_patterns=SOURCE_FILES)
+    return _downloaded(lambda: snapshot_download(repo_id, allow_patterns=SOURCE_FILES), repo_id)
 
 
 def _is_converted(directory):
@@ -182,6 +199,6 @@ def catalogue_loader(preset):
 def _is_beit_repo(repo_id):
     from huggingface_hub import hf_hub_download
 
-    with open(hf_hub_download(repo_id, "config.json")) as f:
+    with open(_downloaded(lambda: hf_hub_download(repo_id, "config.json"), repo_id)) as f:
         config = json.load(f)
     return "registered_name" not in config
