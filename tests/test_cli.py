@@ -162,3 +162,15 @@ def test_verify_reports_a_wrong_conversion(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(verify, "original_to_transformers", swapped)
     assert main(["convert", source, str(tmp_path / "preset"), "--verify"]) == 1
     assert _verified(capsys.readouterr().out)[1] > 1e-4
+
+
+def test_verify_of_a_masked_image_modeler_with_two_final_norms(tmp_path, capsys):
+    # Without mean pooling the file holds beit.layernorm and layernorm; transformers 5.24's
+    # from_pretrained loads each into the other, which --verify must not take for our error.
+    save_model(
+        transformers.BeitForMaskedImageModeling, tmp_path / "hf", use_shared_relative_position_bias=True,
+        use_mask_token=True, use_mean_pooling=False,
+    )
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "preset"), "--verify"]) == 0
+    described, error = _verified(capsys.readouterr().out)
+    assert described == "transformers" and error <= 1e-4

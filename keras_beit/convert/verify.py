@@ -128,6 +128,25 @@ def transformers_config(model):
     return config
 
 
+def _with_exact_names(reference, state):
+    """`reference` with every file tensor whose key is one of its own parameter names put there.
+
+    transformers 5 maps legacy keys onto renamed modules as it loads, and
+    swaps some: a masked-image-modeling model without mean pooling has two
+    final LayerNorms (`beit.layernorm`, `layernorm`), and 5.24 loads each
+    into the other. Legacy files were written by name, so a key that is
+    also a name in the model is that parameter.
+    """
+    import torch
+
+    own = reference.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            if key in own and tuple(own[key].shape) == tuple(value.shape):
+                own[key].copy_(torch.from_numpy(np.array(value)))
+    return reference
+
+
 def _from_transformers_state(state, config):
     """A transformers model from legacy-named tensors, through its own loading code."""
     import json
@@ -145,7 +164,7 @@ def _from_transformers_state(state, config):
     left = [k for k in info["missing_keys"] if not k.endswith(buffers)] + list(info["unexpected_keys"])
     if left:
         raise ValueError(f"The transformers reference did not take every tensor: {sorted(left)[:10]}")
-    return reference.eval()
+    return _with_exact_names(reference, state).eval()
 
 
 def reference_model(source, model):
@@ -159,7 +178,8 @@ def reference_model(source, model):
             config = json.load(f)
         if "architecture" not in config:
             architecture = (config.get("architectures") or ["BeitModel"])[0]
-            return getattr(transformers, architecture).from_pretrained(source).eval(), "transformers"
+            reference = getattr(transformers, architecture).from_pretrained(source)
+            return _with_exact_names(reference, read_state_dict(source)).eval(), "transformers"
         try:
             import timm
         except ImportError:
