@@ -137,6 +137,18 @@ def test_masked_image_modeling_logits_match(name, tmp_path):
         assert _max_error(logits, expected) <= ATOL
 
 
+def test_masked_image_modeling_without_mean_pooling_on_converted_pixels(tmp_path):
+    """Two final LayerNorms (the encoder's and the head's); pixels from the image converter beside a numpy mask."""
+    config = dict(use_shared_relative_position_bias=True, use_mask_token=True, use_mean_pooling=False)
+    reference = save_model(transformers.BeitForMaskedImageModeling, tmp_path, **config)
+    model = keras_beit.BEiTMaskedImageModeler.from_preset(str(tmp_path))
+    images = np.random.default_rng(4).integers(0, 256, size=(2, 40, 36, 3)).astype("uint8")
+    pixels = keras_beit.BEiTImageConverter.from_preset(str(tmp_path))(images)
+    mask = np.random.default_rng(5).random((2, 16)) < 0.4
+    expected = run(reference, keras.ops.convert_to_numpy(pixels), bool_masked_pos=torch.from_numpy(mask)).logits
+    assert _max_error(model({"images": pixels, "mask": mask}), expected.numpy()) <= ATOL
+
+
 def test_data2vec_vision_checkpoint_loads_like_beit(tmp_path):
     """data2vec-vision writes the BEiT keys under the `data2vec_vision.` prefix."""
     config = transformers.Data2VecVisionConfig(

@@ -1,6 +1,7 @@
 """BEiTMaskedImageModeler: predicts visual tokens of masked patches."""
 
 import keras
+import numpy as np
 from keras import ops
 from keras_hub.models import Task
 
@@ -61,6 +62,13 @@ class BEiTMaskedImageModeler(Task):
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras refuses a dict that mixes tensors and numpy arrays, such as an
+        # image converter's pixels beside a numpy mask.
+        if isinstance(inputs, dict):
+            inputs = {k: ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        return super().__call__(inputs, *args, **kwargs)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         return super().preprocess_samples(x, validated_labels(y, self.vocabulary_size), sample_weight)
