@@ -1,7 +1,6 @@
 """Convert a transformers BEiT checkpoint and classify an image with it, offline.
 
-This is the README's main job until the preset guides land. It writes a small
-BeitForImageClassification checkpoint with random weights in the hub's file
+It writes a small BeitForImageClassification checkpoint with random weights in the hub's file
 layout (config.json + model.safetensors, exactly what `save_pretrained` writes
 for microsoft/beit-*), loads it with `BEiTImageClassifier.from_preset`,
 classifies an image, and prints how far keras_beit's logits are from

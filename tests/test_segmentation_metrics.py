@@ -19,6 +19,11 @@ def test_mean_iou_of_a_hand_counted_example():
     assert float(metric.result()) == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
+def test_it_takes_keras_metric_name_so_history_keys_do_not_change():
+    assert keras_beit.BEiTMeanIoU(3).name == keras.metrics.MeanIoU(3).name
+    assert keras_beit.BEiTMeanIoU(3, name="miou").name == "miou"
+
+
 def test_mean_iou_equals_keras_with_ignored_out_of_range_and_weighted_pixels():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, size=(3, 16, 12))

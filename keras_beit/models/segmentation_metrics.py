@@ -17,7 +17,12 @@ class BEiTMeanIoU(keras.metrics.MeanIoU):
 
     Pixels whose true or predicted class lies outside `[0, num_classes)`,
     and those labelled `ignore_class`, count for nothing, as in Keras.
+    As with Keras' metric, pass `sparse_y_pred=False` for logits.
     """
+
+    def __init__(self, num_classes, name=None, **kwargs):
+        # Keras' name, so training history keys stay those of keras.metrics.MeanIoU.
+        super().__init__(num_classes, name=name or "mean_io_u", **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.convert_to_tensor(y_true)
