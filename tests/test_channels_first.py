@@ -7,6 +7,7 @@ as it comes, with no transpose.
 import types
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import torch
@@ -160,6 +161,13 @@ def test_a_saved_channels_last_preset_stays_channels_last_under_that_default(cha
     assert classifier.preprocessor.image_converter.data_format == "channels_last"
     images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype("float32")
     assert _numpy(classifier(classifier.preprocessor(images))).shape == (2, 10)
+
+
+@pytest.mark.parametrize("cls", [keras_beit.BEiTBackbone, keras_beit.BEiTImageClassifier, keras_hub.models.Backbone])
+def test_asking_a_saved_preset_for_another_layout_says_where_data_format_applies(cls):
+    # The saved (32, 32, 3) image shape read channels first was "an image width of 3".
+    with pytest.raises(ValueError, match="saved channels_last, and it loads that way"):
+        cls.from_preset("beit_tiny_digits", data_format="channels_first")
 
 
 def test_segmentation_loss_follows_the_configured_default(channels_first_default):

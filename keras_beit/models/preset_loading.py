@@ -37,6 +37,21 @@ class BEiTPresetLoader(preset_utils.KerasPresetLoader):
     def _saved_dtype(self):
         return (self.config.get("config") or {}).get("dtype")
 
+    def _refuse_layout_change(self, kwargs):
+        # The saved image shape and weights are in the saved layout; another
+        # data_format would be read against them (an image "width" of 3).
+        asked, saved = kwargs.get("data_format"), (self.config.get("config") or {}).get("data_format")
+        if asked is not None and saved is not None and asked != saved:
+            raise ValueError(
+                f"{self.preset} is a keras-hub preset saved {saved}, and it loads that way; data_format={asked!r} "
+                "applies when a checkpoint is converted on load. Load the source checkpoint with "
+                f"from_preset(source, data_format={asked!r}) instead."
+            )
+
+    def load_backbone(self, cls, load_weights, **kwargs):
+        self._refuse_layout_change(kwargs)
+        return super().load_backbone(cls, load_weights, **kwargs)
+
     def get_backbone_kwargs(self, **kwargs):
         backbone_kwargs, kwargs = super().get_backbone_kwargs(**kwargs)
         saved = self._saved_dtype()
@@ -47,6 +62,7 @@ class BEiTPresetLoader(preset_utils.KerasPresetLoader):
         return backbone_kwargs, kwargs
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
+        self._refuse_layout_change(kwargs)
         saved = self._saved_dtype()
         policy = saved.get("config", {}).get("name", "") if isinstance(saved, dict) else str(saved or "")
         if kwargs.get("dtype") is None and policy.startswith("mixed_"):
