@@ -172,7 +172,8 @@ class TimmLoader(OriginalLayoutLoader):
         return image_converter_config(self.config, tuple(self.backbone_config["image_shape"][:2]))
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
-        if timm_model_args(self.config)["global_pool"] == "" and load_task_weights and issubclass(cls, BEiTImageClassifier) and "head.weight" in self.state:
+        per_token_head = timm_model_args(self.config)["global_pool"] == "" and "head.weight" in self.state
+        if per_token_head and load_task_weights and issubclass(cls, BEiTImageClassifier):
             raise ValueError(
                 f"{self.preset} has global_pool='': timm applies its head to every token, and a "
                 "BEiTImageClassifier pools first. Load it with BEiTBackbone.from_preset, or pass "
