@@ -207,7 +207,8 @@ def test_raw_ade20k_labels_are_checked_after_their_reduction():
     raw[0, 0, 0], raw[1, 0, 0] = 0, 4
     segmenter.compile()
     assert np.isfinite(segmenter.fit(images, raw, verbose=0).history["loss"][0])
-    with pytest.raises(Exception, match=r"Labels must be class indices in \[0, 4\) or the ignore index 255"):
+    reduced = r"or the ignore index 255, checked after the preprocessor reduce_labels .*: raw labels 0 to 4"
+    with pytest.raises(Exception, match=r"Labels must be class indices in \[0, 4\) " + reduced):
         segmenter.fit(images, np.full((2, 32, 32), 5, "uint8"), verbose=0)  # reduced to 4
 
 

@@ -202,7 +202,13 @@ class BEiTImageSegmenter(ImageSegmenter):
         # Checked after preprocessing: the preprocessor may reduce ADE20K's
         # raw labels 1..num_classes to 0..num_classes - 1.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(super().preprocess_samples(x, y, sample_weight))
-        y = validated_labels(y, self.num_classes, ignore_index=self.ignore_index)
+        note = ""
+        if getattr(self.preprocessor, "reduce_labels", False):
+            note = (
+                f", checked after the preprocessor reduce_labels (label - 1, 0 becomes {self.ignore_index}): raw "
+                f"labels 0 to {self.num_classes}"
+            )
+        y = validated_labels(y, self.num_classes, ignore_index=self.ignore_index, note=note)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

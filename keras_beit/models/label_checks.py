@@ -12,11 +12,11 @@ import numpy as np
 from keras_beit import graph_checks
 
 
-def _message(num_classes, ignore_index):
+def _message(num_classes, ignore_index, note=""):
     allowed = f"class indices in [0, {num_classes})"
     if ignore_index is not None:
         allowed += f" or the ignore index {ignore_index}"
-    return f"Labels must be {allowed}."
+    return f"Labels must be {allowed}{note}."
 
 
 def as_int32(labels):
@@ -26,21 +26,19 @@ def as_int32(labels):
     return keras.ops.cast(labels, "int32")
 
 
-def validated_labels(labels, num_classes, ignore_index=None):
-    """Returns `labels` unchanged, or raises if any is out of range."""
+def validated_labels(labels, num_classes, ignore_index=None, note=""):
+    """Returns `labels` unchanged, or raises if any is out of range; `note` says what the labels went through."""
     if labels is None:
         return labels
+    message = _message(num_classes, ignore_index, note)
     if graph_checks.is_tf_tensor(labels):
-        return graph_checks.checked_labels(labels, num_classes, ignore_index, _message(num_classes, ignore_index))
+        return graph_checks.checked_labels(labels, num_classes, ignore_index, message)
     values = np.asarray(labels)
     if values.dtype.kind == "f" and np.any(values != np.round(values)):
-        raise ValueError(_message(num_classes, ignore_index) + " Received non-integer labels.")
+        raise ValueError(message + " Received non-integer labels.")
     valid = (values >= 0) & (values < num_classes)
     if ignore_index is not None:
         valid |= values == ignore_index
     if not valid.all():
-        raise ValueError(
-            _message(num_classes, ignore_index)
-            + f" Received {np.unique(values[~valid])[:10].tolist()}."
-        )
+        raise ValueError(message + f" Received {np.unique(values[~valid])[:10].tolist()}.")
     return labels
