@@ -16,6 +16,7 @@ import pytest
 import transformers
 
 import keras_beit
+from keras_beit.cli import main
 from keras_beit.convert.timm import convert_backbone_config
 from keras_beit.convert.timm import timm_loader
 from original_checkpoints import original_state
@@ -140,6 +141,10 @@ def test_global_pool_none_loads_as_a_backbone_but_not_with_its_per_token_head(tm
     with pytest.raises(ValueError, match="global_pool=''.*every token"):
         keras_beit.BEiTImageClassifier.from_preset(directory)
     assert tuple(keras_beit.BEiTImageClassifier.from_preset(directory, num_classes=3)(images).shape) == (2, 3)
+    # keras-beit convert writes it as a backbone preset.
+    assert main(["convert", directory, str(tmp_path / "preset")]) == 0
+    assert isinstance(keras_hub.models.Backbone.from_preset(str(tmp_path / "preset")), keras_beit.BEiTBackbone)
+    assert not (tmp_path / "preset" / "task.json").exists()
 
 
 def test_a_headless_directory_loads_as_a_backbone_and_needs_num_classes_for_a_classifier(tmp_path):

@@ -156,12 +156,12 @@ def test_data2vec_vision_segmentation_layout_loads(tmp_path):
     assert np.abs(_numpy(segmenter(images)) - _nhwc(run(reference, images).logits)).max() <= ATOL
 
 
-def _segmenter():
+def _segmenter(**options):
     backbone = keras_beit.BEiTBackbone(
         image_shape=(32, 32, 3), patch_size=8, hidden_dim=16, num_layers=4, num_heads=2,
         intermediate_dim=24, use_relative_position_bias=True, out_indices=(0, 1, 2, 3), use_fpn=True,
     )
-    return keras_beit.BEiTImageSegmenter(backbone, num_classes=4, auxiliary_channels=8)
+    return keras_beit.BEiTImageSegmenter(backbone, num_classes=4, auxiliary_channels=8, **options)
 
 
 def test_fit_lowers_the_loss_and_the_model_reloads(tmp_path):
@@ -210,6 +210,17 @@ def test_raw_ade20k_labels_are_checked_after_their_reduction():
     reduced = r"or the ignore index 255, checked after the preprocessor reduce_labels .*: raw labels 0 to 4"
     with pytest.raises(Exception, match=r"Labels must be class indices in \[0, 4\) " + reduced):
         segmenter.fit(images, np.full((2, 32, 32), 5, "uint8"), verbose=0)  # reduced to 4
+
+
+def test_with_another_ignore_index_a_raw_0_is_refused_after_reduction_and_the_message_says_so():
+    # reduce_labels sends 0 to 255, which only an ignore index of 255 lets through.
+    segmenter = _segmenter(ignore_index=-100)
+    segmenter.preprocessor = keras_beit.BEiTImageSegmenterPreprocessor(
+        keras_beit.BEiTImageConverter(image_size=(32, 32)), reduce_labels=True
+    )
+    segmenter.compile()
+    with pytest.raises(Exception, match=r"0 becomes 255\): raw labels 1 to 4"):
+        segmenter.fit(np.zeros((2, 32, 32, 3), "float32"), np.zeros((2, 32, 32), "uint8"), verbose=0)
 
 
 @pytest.mark.parametrize("map_dtype", ["int32", "uint8"])

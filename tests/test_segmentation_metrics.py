@@ -22,6 +22,7 @@ def test_mean_iou_of_a_hand_counted_example():
 def test_it_takes_keras_metric_name_so_history_keys_do_not_change():
     assert keras_beit.BEiTMeanIoU(3).name == keras.metrics.MeanIoU(3).name
     assert keras_beit.BEiTMeanIoU(3, name="miou").name == "miou"
+    assert keras_beit.BEiTMeanIoU(3, "miou", "float32").dtype == "float32"  # Keras' positional order
 
 
 def test_mean_iou_equals_keras_with_ignored_out_of_range_and_weighted_pixels():

@@ -28,8 +28,8 @@ def sized_for(config, image_size):
     """
     crop = config.get("crop_size")
     final = crop or config.get("image_size")
-    if image_size is None or final is None or tuple(final) == tuple(image_size):
-        return config
+    if image_size is None or config.get("image_size") is None or tuple(final) == tuple(image_size):
+        return config  # no resize (do_resize false): images go in as they are
     if crop is None:
         return {**config, "image_size": tuple(image_size)}
     resize = tuple(round(r * n / c) for r, n, c in zip(config["image_size"], image_size, crop))

@@ -204,9 +204,11 @@ class BEiTImageSegmenter(ImageSegmenter):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(super().preprocess_samples(x, y, sample_weight))
         note = ""
         if getattr(self.preprocessor, "reduce_labels", False):
+            # reduce_labels always sends 0 to 255, so raw 0 is allowed only when 255 is ignored.
+            lowest = 0 if self.ignore_index == 255 else 1
             note = (
-                f", checked after the preprocessor reduce_labels (label - 1, 0 becomes {self.ignore_index}): raw "
-                f"labels 0 to {self.num_classes}"
+                f", checked after the preprocessor reduce_labels (label - 1, 0 becomes 255): raw labels "
+                f"{lowest} to {self.num_classes}"
             )
         y = validated_labels(y, self.num_classes, ignore_index=self.ignore_index, note=note)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)

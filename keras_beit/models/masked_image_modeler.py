@@ -64,10 +64,11 @@ class BEiTMaskedImageModeler(Task):
         self.vocabulary_size = vocabulary_size
 
     def __call__(self, inputs, *args, **kwargs):
-        # Keras refuses a dict that mixes tensors and numpy arrays, such as an
+        # Keras refuses inputs that mix tensors and numpy arrays, such as an
         # image converter's pixels beside a numpy mask.
-        if isinstance(inputs, dict):
-            inputs = {k: ops.convert_to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        inputs = keras.tree.map_structure(
+            lambda value: ops.convert_to_tensor(value) if isinstance(value, np.ndarray) else value, inputs
+        )
         return super().__call__(inputs, *args, **kwargs)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):

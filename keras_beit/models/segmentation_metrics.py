@@ -20,9 +20,9 @@ class BEiTMeanIoU(keras.metrics.MeanIoU):
     As with Keras' metric, pass `sparse_y_pred=False` for logits.
     """
 
-    def __init__(self, num_classes, name=None, **kwargs):
+    def __init__(self, num_classes, name=None, *args, **kwargs):
         # Keras' name, so training history keys stay those of keras.metrics.MeanIoU.
-        super().__init__(num_classes, name=name or "mean_io_u", **kwargs)
+        super().__init__(num_classes, name or "mean_io_u", *args, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.convert_to_tensor(y_true)

@@ -36,7 +36,7 @@ CASES = {
     # One table shared by every block, absolute positions, no layer scale, no q/v biases.
     "beit_shared_abs": dict(
         architecture="beit_base_patch16_224", use_rel_pos_bias=False, use_shared_rel_pos_bias=True,
-        use_abs_pos_emb=True, init_values=0.0, qkv_bias=False, resized=(48, 48),
+        use_abs_pos_emb=True, init_values=0.0, qkv_bias=False, resized=(24, 40),  # shrinks and enlarges
     ),
 }
 
