@@ -19,7 +19,8 @@ def load_or_explain(cls, preset, fallback=None, **kwargs):
     except Exception as error:  # no network, no cached copy
         if fallback is None:
             raise
-        print(f"Could not load {preset!r} ({type(error).__name__}: {str(error).splitlines()[0][:160]}).")
+        reason = str(error).splitlines()[0].split(". ")[0][:160]  # the first sentence
+        print(f"Could not load {preset!r} ({type(error).__name__}: {reason}).")
         print(f"Falling back to {fallback!r}.")
         return cls.from_preset(fallback, **kwargs), fallback
 

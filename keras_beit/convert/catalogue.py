@@ -129,10 +129,10 @@ def _downloaded(fetch, repo_id):
     except OSError as error:  # huggingface_hub's connection, HTTP and offline-cache errors are all OSErrors
         cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise PresetDownloadError(
-            f"Could not fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: {cause}). "
-            "Without hub access, pass a local copy to from_preset: a transformers or timm directory, an original "
-            f".pth file or a keras-hub preset directory; or use the bundled preset {sorted(BUNDLED)[0]!r}. "
-            "HF_HUB_OFFLINE=1 makes this fail at once instead of after huggingface_hub's retries."
+            f"Could not fetch {repo_id!r} from the Hugging Face hub. Without hub access, pass a local copy to "
+            "from_preset: a transformers or timm directory, an original .pth file or a keras-hub preset directory; "
+            f"or use the bundled preset {sorted(BUNDLED)[0]!r}. HF_HUB_OFFLINE=1 makes this fail at once instead of "
+            f"after huggingface_hub's retries. ({type(error).__name__}: {cause})"
         ) from error
 
 
