@@ -127,7 +127,7 @@ def _downloaded(fetch, repo_id):
     try:
         return fetch()
     except OSError as error:  # huggingface_hub's connection, HTTP and offline-cache errors are all OSErrors
-        cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        cause = (str(error).strip().splitlines() or [""])[0][:200]
         raise PresetDownloadError(
             f"Could not fetch {repo_id!r} from the Hugging Face hub. Without hub access, pass a local copy to "
             "from_preset: a transformers or timm directory, an original .pth file or a keras-hub preset directory; "

@@ -171,14 +171,15 @@ class TimmLoader(OriginalLayoutLoader):
     def converter_config(self):
         return image_converter_config(self.config, tuple(self.backbone_config["image_shape"][:2]))
 
+    def _unpooled(self):
+        # global_pool '': timm runs its head on every token, which no keras_beit task does.
+        return timm_model_args(self.config)["global_pool"] == ""
+
     def checkpoint_task(self):
-        # global_pool '': the head runs on every token, which no keras_beit task does; convert gives a backbone.
-        if timm_model_args(self.config)["global_pool"] == "":
-            return None
-        return super().checkpoint_task()
+        return None if self._unpooled() else super().checkpoint_task()  # convert writes a backbone
 
     def load_task(self, cls, load_weights, load_task_weights, **kwargs):
-        per_token_head = timm_model_args(self.config)["global_pool"] == "" and "head.weight" in self.state
+        per_token_head = self._unpooled() and "head.weight" in self.state
         if per_token_head and load_task_weights and issubclass(cls, BEiTImageClassifier):
             raise ValueError(
                 f"{self.preset} has global_pool='': timm applies its head to every token, and a "
