@@ -18,6 +18,7 @@ import transformers
 import keras_beit
 from keras_beit.cli import main
 from keras_beit.convert.timm import convert_backbone_config
+from keras_beit.convert.timm import image_converter_config
 from keras_beit.convert.timm import timm_loader
 from original_checkpoints import original_state
 from original_checkpoints import save_timm
@@ -73,9 +74,11 @@ def test_timm_directory_matches(weights_file, global_pool, tmp_path):
     assert classifier.backbone.use_mean_pooling == (global_pool == "avg")
     images = _images()
     assert _error(classifier(images), run(reference, images).logits.numpy()) <= ATOL
-    # The image converter follows timm's pretrained_cfg (size, interpolation, ImageNet mean/std).
+    # The image converter follows timm's pretrained_cfg: crop_pct 0.9 in "center" mode resizes the shorter
+    # side to floor(32 / 0.9) = 35 and crops 32; bicubic; ImageNet mean/std.
     converter = classifier.preprocessor.image_converter
-    assert converter.image_size == (32, 32) and converter.interpolation == "bicubic"
+    assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((35, 35), (32, 32), True)
+    assert converter.interpolation == "bicubic"
     np.testing.assert_allclose(converter.scale, [1 / 255 / s for s in IMAGENET_STD], rtol=1e-6)
     np.testing.assert_allclose(converter.offset, [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], rtol=1e-6)
 
@@ -178,6 +181,42 @@ def test_keras_hub_entry_points_and_a_new_resolution(tmp_path):
     assert tuple(table.shape) == (11 * 9 + 3, 4)
     logits = keras.ops.convert_to_numpy(resized(np.zeros((1, 48, 40, 3), "float32")))
     assert logits.shape == (1, 5) and np.all(np.isfinite(logits))
+
+
+def test_the_evaluation_crop_follows_the_size_the_model_is_loaded_at(tmp_path):
+    # timm's transform for a 48 x 40 model with crop_pct 0.9: resize to cover floor(48 / 0.9) x floor(40 / 0.9)
+    # = 53 x 44 keeping the aspect ratio, then crop 48 x 40; predict() then takes images of any size.
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True)
+    directory = save_timm(original_state(tmp_path / "hf", store_index=False), tmp_path / "timm", _config())
+    resized = keras_beit.BEiTImageClassifier.from_preset(directory, image_shape=(48, 40, 3))
+    converter = resized.preprocessor.image_converter
+    assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((53, 44), (48, 40), True)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 90, 61, 3)).astype("uint8")
+    assert resized.predict(images, verbose=0).shape == (2, 5)
+
+
+def _pretrained(**settings):
+    return {"pretrained_cfg": {"input_size": [3, 224, 224], "mean": IMAGENET_MEAN, "std": IMAGENET_STD, **settings}}
+
+
+@pytest.mark.parametrize(
+    "settings, resize, keeps_aspect",
+    [
+        ({"crop_pct": 0.9, "crop_mode": "center"}, (248, 248), True),  # beit*_224: floor(224 / 0.9)
+        ({"crop_pct": 1.0, "crop_mode": "center"}, (224, 224), True),  # beit*_384: shorter side, then crop
+        ({"crop_pct": 0.95, "crop_mode": "squash"}, (235, 235), False),  # both sides to floor(224 / 0.95)
+        ({}, (256, 256), True),  # timm's defaults: crop_pct 0.875, center
+    ],
+    ids=["center_0.9", "center_1.0", "squash_0.95", "timm_defaults"],
+)
+def test_the_image_converter_takes_timm_crop_pct_and_crop_mode(settings, resize, keeps_aspect):
+    config = image_converter_config(_pretrained(**settings))
+    assert (config["image_size"], config["crop_size"], config["keep_aspect_ratio"]) == (resize, (224, 224), keeps_aspect)
+
+
+def test_a_border_crop_mode_is_refused_with_the_supported_modes():
+    with pytest.raises(ValueError, match=r"crop_mode 'border' is not supported.*'center' and 'squash'"):
+        image_converter_config(_pretrained(crop_pct=0.9, crop_mode="border"))
 
 
 def test_unknown_names_are_read_from_shapes_and_other_models_are_not_claimed(tmp_path):

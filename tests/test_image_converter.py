@@ -300,3 +300,85 @@ def test_predict_resizes_8_bit_images_in_its_pipeline_as_the_processor_does():
     pages = np.stack([document_image(96, 40, seed) for seed in (0, 1)])  # height shrinks most: height first
     expected = keras.ops.convert_to_numpy(classifier(reference(pages, processor)))
     np.testing.assert_allclose(classifier.predict(pages, verbose=0), expected, atol=1e-4)
+
+
+# keep_aspect_ratio: timm's and the original code's evaluation transform, torchvision's Resize(shorter side)
+# then CenterCrop on a PIL image, written out here with PIL and torchvision's documented arithmetic.
+def torchvision_resize_and_center_crop(image, shorter_side, crop, resample=Image.BICUBIC):
+    height, width = image.shape[:2]
+    if width <= height:
+        size = (shorter_side, int(shorter_side * height / width))  # (width, height), as PIL takes it
+    else:
+        size = (int(shorter_side * width / height), shorter_side)
+    resized = Image.fromarray(image).resize(size, resample)
+    top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
+    pixels = np.asarray(resized.crop((left, top, left + crop, top + crop)))
+    return (pixels / 255 - 0.5) / 0.5
+
+
+def keep_aspect_converter(shorter_side=35, crop=32, **kwargs):
+    return keras_beit.BEiTImageConverter(
+        image_size=(shorter_side, shorter_side), crop_size=(crop, crop), keep_aspect_ratio=True,
+        interpolation="bicubic", **kwargs,
+    )
+
+
+# PIL filters 8-bit images in fixed point and Keras in float, so a value near a half can round the other way
+# in both passes: two levels at one pixel of 3072 for the portrait below. A window one pixel off is 6 levels off.
+TWO_STEPS = 2 * ONE_STEP
+
+# Landscape whose long side (53) leaves an odd margin of 21 (offset 10.5 rounds to 10), portrait with
+# a margin of 25 (12.5 rounds to 12), an upscale, and a square image.
+KEEP_ASPECT_SHAPES = [(60, 91), (50, 40), (20, 30), (70, 70)]
+
+
+@pytest.mark.parametrize("shape", KEEP_ASPECT_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_keep_aspect_ratio_resizes_the_shorter_side_and_crops_the_centre_as_torchvision(shape):
+    image = natural_image(*shape, seed=11)
+    pixels = keras.ops.convert_to_numpy(keep_aspect_converter()(image[None]))[0]
+    assert pixels.shape == (32, 32, 3)
+    assert np.abs(pixels - torchvision_resize_and_center_crop(image, 35, 32)).max() <= TWO_STEPS
+
+
+def test_keep_aspect_ratio_takes_the_same_window_inside_a_tf_data_pipeline():
+    import tensorflow as tf
+
+    converter = keep_aspect_converter()
+    images = [natural_image(*shape, seed=i) for i, shape in enumerate(KEEP_ASPECT_SHAPES)]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(images), output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
+    ).map(converter)
+    for image, pixels in zip(images, dataset):
+        assert np.abs(pixels.numpy() - torchvision_resize_and_center_crop(image, 35, 32)).max() <= TWO_STEPS
+
+
+def test_keep_aspect_ratio_to_a_non_square_size_rounds_as_timm_resize_keep_ratio():
+    # timm's ResizeKeepRatio for a (35, 28) target: ratio min(60 / 35, 91 / 28) = 60 / 35, so the image
+    # becomes 35 x round(91 * 35 / 60) = 35 x 53; a (32, 24) crop then starts at rows 2 (1.5, to even)
+    # and columns round(14.5) = 14. Without a resize (float ramp, cover size equal), the crop is exact.
+    converter = keras_beit.BEiTImageConverter(
+        image_size=(35, 28), crop_size=(32, 24), keep_aspect_ratio=True, mean=(0, 0, 0), std=(1, 1, 1),
+        rescale_factor=1,
+    )
+    ramp = np.arange(35 * 53, dtype="float32").reshape(35, 53, 1).repeat(3, axis=-1)
+    pixels = keras.ops.convert_to_numpy(converter(ramp[None]))[0]
+    np.testing.assert_array_equal(pixels, ramp[2:34, 14:38])
+    image = np.zeros((60, 91, 3), "float32")
+    assert keras.ops.convert_to_numpy(converter(image[None])).shape == (1, 32, 24, 3)
+
+
+def test_keep_aspect_ratio_survives_the_config_round_trip():
+    clone = keras_beit.BEiTImageConverter.from_config(keep_aspect_converter().get_config())
+    image = natural_image(60, 91, seed=12)[None]
+    assert clone.keep_aspect_ratio and clone.crop_size == (32, 32)
+    np.testing.assert_array_equal(convert(clone, image), convert(keep_aspect_converter(), image))
+
+
+def test_keep_aspect_ratio_without_a_crop_size_is_refused():
+    with pytest.raises(ValueError, match=r"keep_aspect_ratio=True needs a crop_size.*received crop_size=None"):
+        keras_beit.BEiTImageConverter(image_size=(35, 35), keep_aspect_ratio=True)
+
+
+def test_a_segmenter_preprocessor_refuses_a_keep_aspect_ratio_converter():
+    with pytest.raises(ValueError, match=r"resizes maps to the converter's fixed image_size.*keep_aspect_ratio=True"):
+        keras_beit.BEiTImageSegmenterPreprocessor(keep_aspect_converter())

@@ -4,7 +4,8 @@ A timm directory (`timm.models.save_for_hf`, or a `timm/...` hub repo) holds
 `config.json` with "architecture" (e.g. "beit_base_patch16_224"),
 "num_classes", optionally "global_pool", "model_args" (keyword arguments
 given to `timm.create_model`) and "pretrained_cfg" (input_size, mean, std,
-interpolation), plus `model.safetensors` or `pytorch_model.bin` (read with
+interpolation, crop_pct, crop_mode: the image converter is timm's evaluation
+transform), plus `model.safetensors` or `pytorch_model.bin` (read with
 `weights_only=True`).
 
 timm's BEiT state dict uses the original unilm names (`blocks.{i}.attn.qkv`,
@@ -27,6 +28,7 @@ head to every token; such a directory loads as a backbone (the normalised
 sequence), not with its head as a classifier.
 """
 
+import math
 import os
 
 from keras_hub.src.utils.preset_utils import load_json
@@ -127,16 +129,35 @@ def convert_backbone_config(config, state=None):
     }
 
 
-def image_converter_config(config, image_size):
-    """BEiTImageConverter arguments from timm's pretrained_cfg.
+# timm's data-config defaults (timm.data.constants), for a config without them.
+TIMM_DEFAULT_CROP_PCT = 0.875
 
-    Input size, mean, std and interpolation are timm's; its center crop
-    (crop_pct) is not applied: the converter resizes the whole image.
+
+def image_converter_config(config, image_size=None):
+    """BEiTImageConverter arguments for timm's evaluation transform of the pretrained_cfg.
+
+    Mean, std and interpolation are timm's; so is the centre crop: images
+    are resized to `floor(size / crop_pct)` (keeping their aspect ratio in
+    crop_mode "center", stretched in "squash") and the model's size is cut
+    from the centre. `image_size` is the size the model was built for; by
+    default the pretrained_cfg's input_size.
     """
     pretrained = config.get("pretrained_cfg") or {}
     interpolation = pretrained.get("interpolation", "bicubic")
+    if image_size is None:
+        image_size = tuple(pretrained["input_size"][1:]) if "input_size" in pretrained else None
+    crop_pct = pretrained.get("crop_pct") or TIMM_DEFAULT_CROP_PCT
+    crop_mode = pretrained.get("crop_mode") or "center"
+    if crop_mode not in ("center", "squash"):
+        raise ValueError(
+            f"timm crop_mode {crop_mode!r} is not supported by BEiTImageConverter; it supports 'center' "
+            "and 'squash'. Load the model with preprocessor=None and preprocess the images yourself."
+        )
+    crop = tuple(image_size) if image_size is not None else None
     return {
-        "image_size": tuple(pretrained["input_size"][1:]) if "input_size" in pretrained else image_size,
+        "image_size": tuple(math.floor(n / crop_pct) for n in crop) if crop else None,
+        "crop_size": crop,
+        "keep_aspect_ratio": crop_mode == "center" and crop is not None,
         "mean": tuple(pretrained.get("mean", BEIT_MEAN)),
         "std": tuple(pretrained.get("std", BEIT_STD)),
         "interpolation": interpolation if interpolation in ("bilinear", "bicubic") else "bicubic",
@@ -169,7 +190,8 @@ class TimmLoader(OriginalLayoutLoader):
         return self._backbone_config
 
     def converter_config(self):
-        return image_converter_config(self.config, tuple(self.backbone_config["image_shape"][:2]))
+        # timm scales its crop to the model's size (floor(size / crop_pct)), so it is computed for that size.
+        return image_converter_config(self.config, self.image_size or tuple(self.backbone_config["image_shape"][:2]))
 
     def _unpooled(self):
         # global_pool '': timm runs its head on every token, which no keras_beit task does.

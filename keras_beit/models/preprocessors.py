@@ -45,6 +45,11 @@ class BEiTImageSegmenterPreprocessor(ImageSegmenterPreprocessor):
     image_converter_cls = BEiTImageConverter
 
     def __init__(self, image_converter=None, reduce_labels=False, **kwargs):
+        if getattr(image_converter, "keep_aspect_ratio", False):
+            raise ValueError(
+                "BEiTImageSegmenterPreprocessor resizes maps to the converter's fixed image_size; a "
+                "converter with keep_aspect_ratio=True (timm's evaluation crop) is for classification."
+            )
         kwargs.setdefault("resize_output_mask", True)
         super().__init__(image_converter=image_converter, **kwargs)
         self.reduce_labels = reduce_labels
