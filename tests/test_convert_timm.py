@@ -195,6 +195,16 @@ def test_the_evaluation_crop_follows_the_size_the_model_is_loaded_at(tmp_path):
     assert resized.predict(images, verbose=0).shape == (2, 5)
 
 
+def test_a_segmenter_started_from_a_timm_directory_resizes_whole_images(tmp_path):
+    # The crop is timm's classification evaluation; a segmenter labels every pixel, so its maps need the whole image.
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True)
+    directory = save_timm(original_state(tmp_path / "hf", store_index=False), tmp_path / "timm", _config())
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(directory, num_classes=3, out_indices=[0, 1, 1, 1])
+    converter = segmenter.preprocessor.image_converter
+    assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((32, 32), None, False)
+    np.testing.assert_allclose(converter.scale, [1 / 255 / s for s in IMAGENET_STD], rtol=1e-6)
+
+
 def _pretrained(**settings):
     return {"pretrained_cfg": {"input_size": [3, 224, 224], "mean": IMAGENET_MEAN, "std": IMAGENET_STD, **settings}}
 

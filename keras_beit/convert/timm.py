@@ -31,6 +31,8 @@ sequence), not with its head as a classifier.
 import math
 import os
 
+from keras_hub.models import ImageSegmenterPreprocessor
+from keras_hub.src.utils.preset_utils import PREPROCESSOR_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
@@ -133,14 +135,15 @@ def convert_backbone_config(config, state=None):
 TIMM_DEFAULT_CROP_PCT = 0.875
 
 
-def image_converter_config(config, image_size=None):
+def image_converter_config(config, image_size=None, crop=True):
     """BEiTImageConverter arguments for timm's evaluation transform of the pretrained_cfg.
 
     Mean, std and interpolation are timm's; so is the centre crop: images
     are resized to `floor(size / crop_pct)` (keeping their aspect ratio in
     crop_mode "center", stretched in "squash") and the model's size is cut
     from the centre. `image_size` is the size the model was built for; by
-    default the pretrained_cfg's input_size.
+    default the pretrained_cfg's input_size. With `crop=False` the whole
+    image is resized to that size, as a segmenter's maps need.
     """
     pretrained = config.get("pretrained_cfg") or {}
     interpolation = pretrained.get("interpolation", "bicubic")
@@ -148,16 +151,17 @@ def image_converter_config(config, image_size=None):
         image_size = tuple(pretrained["input_size"][1:]) if "input_size" in pretrained else None
     crop_pct = pretrained.get("crop_pct") or TIMM_DEFAULT_CROP_PCT
     crop_mode = pretrained.get("crop_mode") or "center"
-    if crop_mode not in ("center", "squash"):
+    if crop and crop_mode not in ("center", "squash"):
         raise ValueError(
             f"timm crop_mode {crop_mode!r} is not supported by BEiTImageConverter; it supports 'center' "
             "and 'squash'. Load the model with preprocessor=None and preprocess the images yourself."
         )
-    crop = tuple(image_size) if image_size is not None else None
+    size = tuple(image_size) if image_size is not None else None
+    cropped = crop and size is not None
     return {
-        "image_size": tuple(math.floor(n / crop_pct) for n in crop) if crop else None,
-        "crop_size": crop,
-        "keep_aspect_ratio": crop_mode == "center" and crop is not None,
+        "image_size": tuple(math.floor(n / crop_pct) for n in size) if cropped else size,
+        "crop_size": size if cropped else None,
+        "keep_aspect_ratio": cropped and crop_mode == "center",
         "mean": tuple(pretrained.get("mean", BEIT_MEAN)),
         "std": tuple(pretrained.get("std", BEIT_STD)),
         "interpolation": interpolation if interpolation in ("bilinear", "bicubic") else "bicubic",
@@ -174,6 +178,7 @@ class TimmLoader(OriginalLayoutLoader):
         super().__init__(preset, config)
         self._state = None
         self._backbone_config = None
+        self._crop = True
 
     @property
     def state(self):
@@ -189,9 +194,15 @@ class TimmLoader(OriginalLayoutLoader):
             self._backbone_config = convert_backbone_config(self.config, None if known else self.state)
         return self._backbone_config
 
+    def load_preprocessor(self, cls, config_file=PREPROCESSOR_CONFIG_FILE, **kwargs):
+        # timm's crop is its classification evaluation; a segmenter labels every pixel of the whole image.
+        self._crop = not issubclass(cls, ImageSegmenterPreprocessor)
+        return super().load_preprocessor(cls, config_file, **kwargs)
+
     def converter_config(self):
         # timm scales its crop to the model's size (floor(size / crop_pct)), so it is computed for that size.
-        return image_converter_config(self.config, self.image_size or tuple(self.backbone_config["image_shape"][:2]))
+        size = self.image_size or tuple(self.backbone_config["image_shape"][:2])
+        return image_converter_config(self.config, size, crop=self._crop)
 
     def _unpooled(self):
         # global_pool '': timm runs its head on every token, which no keras_beit task does.
