@@ -81,8 +81,10 @@ def test_fine_tuned_classifier_matches(mean_pooling, tmp_path):
         with torch.no_grad():
             last = reference.beit.layernorm(expected.hidden_states[-1]).numpy()
     assert _error(backbone(images), last) <= ATOL
+    # The original evaluation transform: shorter side to int(32 / (224 / 256)) = 36, bicubic, centre crop 32.
     converter = classifier.preprocessor.image_converter
-    assert converter.image_size == (32, 32) and converter.interpolation == "bicubic"
+    assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((36, 36), (32, 32), True)
+    assert converter.interpolation == "bicubic"
 
 
 def test_beit_v2_file_under_module_without_its_patch_aggregation_head(tmp_path):
@@ -151,8 +153,29 @@ def test_a_segmenter_starts_from_a_pretraining_file_with_new_pyramid_and_heads(t
     for mine, theirs in zip(hidden_states, expected):
         assert _error(mine, theirs.numpy()) <= ATOL
     assert tuple(segmenter(images).shape) == (2, 16, 16, 5)
+    # Maps need the whole image: no evaluation crop.
+    converter = segmenter.preprocessor.image_converter
+    assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((32, 32), None, False)
     with pytest.raises(ValueError, match="no segmentation head; pass num_classes"):
         keras_beit.BEiTImageSegmenter.from_preset(path)
+
+
+def test_the_evaluation_crop_is_the_original_scripts_at_each_size(tmp_path):
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", **FINE_TUNED)
+    state = original_state(tmp_path / "hf")
+    path = save_pth(state, tmp_path / "beit_base_patch16_224_pt22k_ft22kto1k.pth")
+    # Below 384: the shorter side to int(48 / (224 / 256)) = 54, then a 48 centre crop.
+    converter = keras_beit.BEiTImageClassifier.from_preset(path, image_shape=(48, 48, 3)).preprocessor.image_converter
+    assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((54, 54), (48, 48), True)
+    # At 384, crop_pct 1.0: BEiT v1 and DiT resize the shorter side to 384 and crop; BEiT v2 stretches the image.
+    expected = {"beit_large.pth": ((384, 384), (384, 384), True), "beitv2_large.pth": ((384, 384), None, False)}
+    for name, (resize, crop, keeps_aspect) in expected.items():
+        loader = unilm_loader(save_pth(state, tmp_path / name))
+        loader.image_size = (384, 384)
+        config = loader.converter_config()
+        assert (config["image_size"], config.get("crop_size"), config.get("keep_aspect_ratio", False)) == (
+            resize, crop, keeps_aspect
+        )
 
 
 def test_training_arguments_next_to_the_weights_are_allowed(tmp_path):

@@ -31,8 +31,6 @@ sequence), not with its head as a classifier.
 import math
 import os
 
-from keras_hub.models import ImageSegmenterPreprocessor
-from keras_hub.src.utils.preset_utils import PREPROCESSOR_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import load_json
 
 from keras_beit.convert.checkpoint_io import read_state_dict
@@ -178,7 +176,6 @@ class TimmLoader(OriginalLayoutLoader):
         super().__init__(preset, config)
         self._state = None
         self._backbone_config = None
-        self._crop = True
 
     @property
     def state(self):
@@ -194,15 +191,10 @@ class TimmLoader(OriginalLayoutLoader):
             self._backbone_config = convert_backbone_config(self.config, None if known else self.state)
         return self._backbone_config
 
-    def load_preprocessor(self, cls, config_file=PREPROCESSOR_CONFIG_FILE, **kwargs):
-        # timm's crop is its classification evaluation; a segmenter labels every pixel of the whole image.
-        self._crop = not issubclass(cls, ImageSegmenterPreprocessor)
-        return super().load_preprocessor(cls, config_file, **kwargs)
-
     def converter_config(self):
         # timm scales its crop to the model's size (floor(size / crop_pct)), so it is computed for that size.
         size = self.image_size or tuple(self.backbone_config["image_shape"][:2])
-        return image_converter_config(self.config, size, crop=self._crop)
+        return image_converter_config(self.config, size, crop=self.evaluation_crop)
 
     def _unpooled(self):
         # global_pool '': timm runs its head on every token, which no keras_beit task does.

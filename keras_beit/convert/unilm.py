@@ -39,6 +39,8 @@ import os
 import re
 
 import numpy as np
+from keras_hub.models import ImageSegmenterPreprocessor
+from keras_hub.src.utils.preset_utils import PREPROCESSOR_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import PresetLoader
 
 from keras_beit.convert.checkpoint_io import read_pickled_state_dict
@@ -289,6 +291,8 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
 
     default_position_resize = "geometric"
     antialias_positions = False
+    # The evaluation crop is for classification; a segmenter labels every pixel of the whole image.
+    evaluation_crop = True
 
     def __init__(self, preset, config):
         super().__init__(preset, config)
@@ -362,6 +366,10 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
                 assign(pairs + list(kept), state, skip=SKIPPED_KEYS, allow_unused=HEAD_KEYS)
         return task
 
+    def load_preprocessor(self, cls, config_file=PREPROCESSOR_CONFIG_FILE, **kwargs):
+        self.evaluation_crop = not issubclass(cls, ImageSegmenterPreprocessor)
+        return super().load_preprocessor(cls, config_file, **kwargs)
+
     def load_image_converter(self, cls, **kwargs):
         return self.settled_converter(cls, self.converter_config(), kwargs)
 
@@ -375,20 +383,28 @@ class UnilmLoader(OriginalLayoutLoader):
         super().__init__(preset, {"backbone": self.backbone_config})
 
     def converter_config(self):
-        """The original evaluation transform's size, bicubic, and its mean/std.
+        """The original evaluation transform: bicubic, its crop, and its mean/std.
 
+        Below 384 the original fine-tuning code (BEiT, BEiT v2, DiT) resizes
+        the shorter side to `int(size / (224 / 256))` and crops the model's
+        size from the centre; at 384 and above BEiT v1 and DiT resize the
+        shorter side to the size and crop, BEiT v2 stretches the whole image.
         BEiT v1 and DiT normalise with mean = std = 0.5; BEiT v2 with the
         ImageNet statistics. Nothing in a fine-tuned v2 file says it is v2,
         so this goes by the file name ("beitv2"); pass mean/std otherwise.
         """
         v2 = "beitv2" in os.path.basename(self.preset).lower()
-        height, width = self.backbone_config["image_shape"][:2]
-        return {
-            "image_size": (height, width),
+        height, width = self.image_size or self.backbone_config["image_shape"][:2]
+        normalization = {
             "mean": IMAGENET_MEAN if v2 else BEIT_MEAN,
             "std": IMAGENET_STD if v2 else BEIT_STD,
             "interpolation": "bicubic",
         }
+        if not self.evaluation_crop or (v2 and min(height, width) >= 384):
+            return {"image_size": (height, width), **normalization}
+        crop_pct = 224 / 256 if min(height, width) < 384 else 1.0
+        resize = (int(height / crop_pct), int(width / crop_pct))
+        return {"image_size": resize, "crop_size": (height, width), "keep_aspect_ratio": True, **normalization}
 
 
 @register_preset_loader
