@@ -174,3 +174,15 @@ def test_verify_of_a_masked_image_modeler_with_two_final_norms(tmp_path, capsys)
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "preset"), "--verify"]) == 0
     described, error = _verified(capsys.readouterr().out)
     assert described == "transformers" and error <= 1e-4
+
+
+def test_a_converted_masked_image_modeler_keeps_its_image_converter(tmp_path):
+    # MIM has no preprocessor, so the converter is saved beside the task: BEiTImageConverter.from_preset works.
+    save_model(
+        transformers.BeitForMaskedImageModeling, tmp_path / "hf", use_shared_relative_position_bias=True,
+        use_mask_token=True,
+    )
+    transformers.BeitImageProcessorPil(size={"height": 32, "width": 32}, resample=3).save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "preset")]) == 0
+    converter = keras_beit.BEiTImageConverter.from_preset(str(tmp_path / "preset"))
+    assert converter.image_size == (32, 32) and converter.interpolation == "bicubic"

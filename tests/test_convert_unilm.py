@@ -169,6 +169,10 @@ def test_the_evaluation_crop_is_the_original_scripts_at_each_size(tmp_path):
     assert (converter.image_size, converter.crop_size, converter.keep_aspect_ratio) == ((54, 54), (48, 48), True)
     # At 384, crop_pct 1.0: BEiT v1 and DiT resize the shorter side to 384 and crop; BEiT v2 stretches the image.
     expected = {"beit_large.pth": ((384, 384), (384, 384), True), "beitv2_large.pth": ((384, 384), None, False)}
+    # A converter loaded on its own takes the crop from a classification file, not from a pre-training one.
+    assert keras_beit.BEiTImageConverter.from_preset(path).crop_size == (32, 32)
+    _, pretraining = _pretraining_file(tmp_path / "pt")
+    assert keras_beit.BEiTImageConverter.from_preset(save_pth(pretraining, tmp_path / "pt.pth")).crop_size is None
     for name, (resize, crop, keeps_aspect) in expected.items():
         loader = unilm_loader(save_pth(state, tmp_path / name))
         loader.image_size = (384, 384)

@@ -196,7 +196,9 @@ def test_unilm_file_at_a_new_resolution_gets_the_original_geometric_tables(tmp_p
         np.testing.assert_allclose(keras.ops.convert_to_numpy(bias.relative_position_bias_table), expected, atol=1e-5)
     logits = keras.ops.convert_to_numpy(classifier(_images(48, 48)))
     assert logits.shape == (1, 5) and np.all(np.isfinite(logits))
-    assert classifier.preprocessor.image_converter.image_size == (48, 48)
+    # The original evaluation crop at 48: the shorter side to int(48 / (224 / 256)) = 54, then 48.
+    converter = classifier.preprocessor.image_converter
+    assert (converter.image_size, converter.crop_size) == ((54, 54), (48, 48))
 
 
 def test_bilinear_load_time_resize_equals_transformers_at_that_size(tmp_path):

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 
+from keras_hub.src.utils.preset_utils import IMAGE_CONVERTER_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import KerasPresetLoader
 from keras_hub.src.utils.preset_utils import check_config_class
@@ -107,8 +108,16 @@ def load_source(source, **kwargs):
     else:
         task_cls = getattr(loader, "checkpoint_task", lambda: None)()
     if task_cls is None:
-        return BEiTBackbone.from_preset(source, **kwargs), BEiTImageConverter.from_preset(source)
-    return task_cls.from_preset(source, **kwargs), None
+        return BEiTBackbone.from_preset(source, **kwargs), _image_converter(source, loader)
+    task = task_cls.from_preset(source, **kwargs)
+    # A task without a preprocessor (masked image modeling) keeps the checkpoint's converter beside it.
+    return task, None if task.preprocessor is not None else _image_converter(source, loader)
+
+
+def _image_converter(source, loader):
+    if isinstance(loader, KerasPresetLoader) and not check_file_exists(loader.preset, IMAGE_CONVERTER_CONFIG_FILE):
+        return None
+    return BEiTImageConverter.from_preset(source)
 
 
 def convert(source, output_dir, **kwargs):

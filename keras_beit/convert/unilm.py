@@ -291,8 +291,7 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
 
     default_position_resize = "geometric"
     antialias_positions = False
-    # The evaluation crop is for classification; a segmenter labels every pixel of the whole image.
-    evaluation_crop = True
+    _preprocessor_cls = None  # the preprocessor a task load asked for
 
     def __init__(self, preset, config):
         super().__init__(preset, config)
@@ -366,8 +365,21 @@ class OriginalLayoutLoader(SettledLayout, PresetLoader):
                 assign(pairs + list(kept), state, skip=SKIPPED_KEYS, allow_unused=HEAD_KEYS)
         return task
 
+    @property
+    def evaluation_crop(self):
+        """Whether the converter takes the classification evaluation crop.
+
+        A segmenter labels every pixel of the whole image, and masked image
+        modeling has no evaluation transform; a classifier, or a converter
+        loaded on its own from a classification checkpoint, takes the crop.
+        """
+        if self._preprocessor_cls is not None:
+            return not issubclass(self._preprocessor_cls, ImageSegmenterPreprocessor)
+        task = self.checkpoint_task()
+        return task is not None and issubclass(task, BEiTImageClassifier)
+
     def load_preprocessor(self, cls, config_file=PREPROCESSOR_CONFIG_FILE, **kwargs):
-        self.evaluation_crop = not issubclass(cls, ImageSegmenterPreprocessor)
+        self._preprocessor_cls = cls
         return super().load_preprocessor(cls, config_file, **kwargs)
 
     def load_image_converter(self, cls, **kwargs):
