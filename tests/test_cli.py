@@ -130,6 +130,13 @@ def _transformers_segmenter(tmp_path):
     return str(tmp_path / "hf")
 
 
+def _original_encoder_only(tmp_path):
+    # No head and no final norm (mean pooling, fc_norm dropped): converted and verified as a backbone.
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", use_relative_position_bias=True, layer_norm_eps=1e-6)
+    state = {k: v for k, v in original_state(tmp_path / "hf").items() if not k.startswith(("head.", "fc_norm."))}
+    return save_pth(state, tmp_path / "beit_tiny_encoder.pth")
+
+
 # timm is not installed in CI, so its directory is checked through the documented renaming into transformers.
 @pytest.mark.parametrize(
     "source, reference",
@@ -138,8 +145,9 @@ def _transformers_segmenter(tmp_path):
         (_original_segmenter, "transformers, on the original tensors renamed"),
         (_timm_classifier, "transformers, on the timm tensors renamed (timm is not installed)"),
         (_transformers_segmenter, "transformers"),
+        (_original_encoder_only, "transformers, on the original tensors renamed"),
     ],
-    ids=["unilm_pth", "mmseg_pth", "timm_directory", "transformers_segmentation_original_taps"],
+    ids=["unilm_pth", "mmseg_pth", "timm_directory", "transformers_segmentation_original_taps", "encoder_only_pth"],
 )
 def test_verify_runs_the_source_implementation_of_every_format(source, reference, tmp_path, capsys):
     assert main(["convert", source(tmp_path), str(tmp_path / "preset"), "--verify"]) == 0
@@ -186,3 +194,11 @@ def test_a_converted_masked_image_modeler_keeps_its_image_converter(tmp_path):
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "preset")]) == 0
     converter = keras_beit.BEiTImageConverter.from_preset(str(tmp_path / "preset"))
     assert converter.image_size == (32, 32) and converter.interpolation == "bicubic"
+
+
+def test_convert_of_a_file_in_no_known_layout_exits_2_with_the_reason(tmp_path, capsys):
+    path = save_pth({"weights": np.zeros(3, "float32")}, tmp_path / "other_model.pth")
+    assert main(["convert", path, str(tmp_path / "preset")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("keras-beit convert: ") and "is not a BEiT checkpoint" in error
+    assert "Traceback" not in error and not (tmp_path / "preset").exists()

@@ -137,6 +137,18 @@ def test_tapped_blocks_default_to_the_official_config_for_the_depth(checkpoint, 
     assert loader.backbone_config["out_indices"] == (3, 5, 7, 11)
 
 
+def test_without_a_config_or_an_official_depth_the_taps_come_from_out_indices(checkpoint, tmp_path):
+    reference, state, _ = checkpoint
+    path = save_mmseg(state, tmp_path / "no_config.pth", meta={})  # 5 blocks: no official taps
+    with pytest.raises(ValueError, match="has 5 blocks and no training config.*pass out_indices"):
+        keras_beit.BEiTImageSegmenter.from_preset(path)
+    # The taps the fixture's training config names (MMSEG_CONFIG), now given by hand.
+    segmenter = keras_beit.BEiTImageSegmenter.from_preset(path, out_indices=(0, 1, 2, 3))
+    images = _images()
+    expected = run(reference, images).logits.numpy().transpose(0, 2, 3, 1)
+    assert _error(segmenter(images), expected) <= ATOL
+
+
 def test_missing_head_weights_are_named(checkpoint, tmp_path):
     _, state, _ = checkpoint
     broken = {k: v for k, v in state.items() if not k.startswith("decode_head.fpn_bottleneck.conv.")}

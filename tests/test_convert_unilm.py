@@ -191,6 +191,32 @@ def test_training_arguments_next_to_the_weights_are_allowed(tmp_path):
     assert _error(classifier(images), run(reference, images).logits.numpy()) <= ATOL
 
 
+@pytest.mark.parametrize("layout", ["state_dict", "encoder_prefix"])
+def test_state_dict_wrappers_and_encoder_prefixes_the_original_scripts_accept_load(layout, tmp_path):
+    # unilm's segmentation fine-tuning reads weights under "state_dict"; BEiT v2's strips an "encoder." prefix.
+    reference = save_model(transformers.BeitForImageClassification, tmp_path / "hf", **FINE_TUNED)
+    state = original_state(tmp_path / "hf")
+    if layout == "state_dict":
+        path = save_pth(state, tmp_path / "checkpoint.pth", wrapper="state_dict")
+    else:
+        encoder = {("encoder." + k if not k.startswith(("head.", "fc_norm.")) else k): v for k, v in state.items()}
+        path = save_pth(encoder, tmp_path / "checkpoint.pth")
+    classifier = keras_beit.BEiTImageClassifier.from_preset(path)
+    images = _images()
+    assert _error(classifier(images), run(reference, images).logits.numpy()) <= ATOL
+
+
+def test_a_file_in_no_known_layout_is_refused_with_the_keys_expected_and_found(tmp_path):
+    save_model(transformers.BeitForImageClassification, tmp_path / "hf", **FINE_TUNED)
+    state = {k: v for k, v in original_state(tmp_path / "hf").items() if k != "cls_token"}
+    path = save_pth(state, tmp_path / "no_cls_token.pth")
+    with pytest.raises(ValueError, match=r"not a BEiT checkpoint.*holds cls_token, patch_embed.proj.weight.*"
+                                         r"top-level keys: \['model'\].*first keys: \['blocks.0"):
+        keras_beit.BEiTImageClassifier.from_preset(path)
+    with pytest.raises(FileNotFoundError, match="No checkpoint file at .*missing.pth"):
+        keras_beit.BEiTBackbone.from_preset(str(tmp_path / "missing.pth"))
+
+
 def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path):
     marker = tmp_path / "payload_ran"
 

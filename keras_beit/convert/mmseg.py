@@ -155,12 +155,8 @@ class MmsegLoader(OriginalLayoutLoader):
         self.state = state
         config_text = (meta or {}).get("config") if isinstance(meta, dict) else None
         config = infer_backbone_config(state)
+        # None: no training config names the taps; from_preset's out_indices must (checked in load_backbone).
         out_indices = _config_tuple(config_text, "out_indices") or DEFAULT_OUT_INDICES.get(config["num_layers"])
-        if out_indices is None:
-            raise ValueError(
-                f"{preset} has {config['num_layers']} blocks and no training config naming the tapped "
-                "blocks; pass out_indices (four 0-based block indices)."
-            )
         self.backbone_config = {**config, "out_indices": out_indices, "use_fpn": True}
         self.pool_scales = _config_tuple(config_text, "pool_scales") or DEFAULT_POOL_SCALES
         super().__init__(preset, {"backbone": self.backbone_config})
@@ -195,6 +191,11 @@ class MmsegLoader(OriginalLayoutLoader):
         return _HEAD_KEYS if backbone.fpn is not None else f"{_HEAD_KEYS}|{FPN_KEYS}"
 
     def load_backbone(self, cls, load_weights, **kwargs):
+        if self.backbone_config["out_indices"] is None and kwargs.get("out_indices") is None:
+            raise ValueError(
+                f"{self.preset} has {self.backbone_config['num_layers']} blocks and no training config naming "
+                "the tapped blocks; pass out_indices (four 0-based block indices) to from_preset."
+            )
         backbone = super().load_backbone(cls, False, **kwargs)
         if load_weights:
             state = self.prepared_state(backbone)

@@ -150,21 +150,24 @@ def head_weights(task, prefix=""):
 
 
 def unwrap_checkpoint(checkpoint):
-    """The state dict inside an original checkpoint: under "model", then "module"."""
-    for key in ("model", "module"):
+    """The state dict inside an original checkpoint: under "model", "module" or "state_dict"."""
+    for key in ("model", "module", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
     return checkpoint
 
 
 def normalize_state(state):
-    """Drops v2's patch-aggregation head and DDP's "module." prefix; fills absent qkv biases.
+    """Drops v2's patch-aggregation head and the "module." (DDP) and "encoder."
+    prefixes, as the original fine-tuning scripts do; fills absent qkv biases.
 
     A model built with `qkv_bias=False` (a BEiT v2 fine-tuning option) has no
     `q_bias`/`v_bias`; zeros are the same computation.
     """
     if state and all(key.startswith("module.") for key in state):
         state = {key[len("module."):]: value for key, value in state.items()}
+    if "encoder.cls_token" in state and "cls_token" not in state:
+        state = {key[len("encoder."):] if key.startswith("encoder.") else key: value for key, value in state.items()}
     state = {key: value for key, value in state.items() if not DROPPED_KEYS.search(key)}
     if "blocks.0.attn.qkv.weight" in state and not any(k.endswith("attn.q_bias") for k in state):
         for key in [k for k in state if k.endswith("attn.qkv.weight")]:
@@ -428,3 +431,26 @@ def unilm_loader(preset):
     if state is None:
         return None  # e.g. an mmseg file (keys under `backbone.`) or a transformers state dict
     return UnilmLoader(preset, state)
+
+
+def refuse_unread_checkpoint_file(preset):
+    """Tried after every format: a checkpoint file no loader took gets an error that says why.
+
+    keras-hub would otherwise report a missing config.json, or an unknown
+    preset name for a mistyped path.
+    """
+    if not (isinstance(preset, str) and preset.lower().endswith(FILE_SUFFIXES)):
+        return None
+    if not os.path.isfile(preset):
+        raise FileNotFoundError(f"No checkpoint file at {preset!r}.")
+    checkpoint = read_original_file(preset)
+    state = unwrap_checkpoint(checkpoint)
+    found = sorted(state)[:12] if isinstance(state, dict) else type(state).__name__
+    raise ValueError(
+        f"{preset} is not a BEiT checkpoint keras_beit can read. An original (unilm, DiT, data2vec) file holds "
+        "cls_token, patch_embed.proj.weight and blocks.0.attn.qkv.weight, at the top level or under 'model', "
+        "'module' or 'state_dict'; an mmseg segmentation file holds them under 'state_dict' with a 'backbone.' "
+        f"prefix, next to decode_head.* and auxiliary_head.* only. Its top-level keys: "
+        f"{sorted(checkpoint)[:12] if isinstance(checkpoint, dict) else type(checkpoint).__name__}; "
+        f"its state dict's first keys: {found}."
+    )
