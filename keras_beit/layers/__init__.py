@@ -9,6 +9,7 @@ from keras_beit.layers.relative_position_bias import relative_position_index
 from keras_beit.layers.pooler import BEiTPooler
 from keras_beit.layers.feature_map import TokensToFeatureMap
 from keras_beit.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from keras_beit.layers.batch_norm import BatchNormalization
 from keras_beit.layers.fpn import BEiTFPNNeck
 from keras_beit.layers.upernet import BEiTFCNHead
 from keras_beit.layers.upernet import BEiTUperNetHead

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_beit.layers.batch_norm import BatchNormalization
 from keras_beit.layers.conv import Conv2DTranspose
 from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.layout import image_shape_like
@@ -14,8 +15,8 @@ class BEiTFPNNeck(keras.layers.Layer):
 
     Map 1: ConvTranspose(2, 2) - BatchNorm - GELU - ConvTranspose(2, 2);
     map 2: ConvTranspose(2, 2); map 3: unchanged; map 4: 2 x 2 max pooling.
-    BatchNorm uses PyTorch's eps 1e-5 and momentum 0.1 (Keras momentum 0.9),
-    the GELU is exact, as in the original BEiT segmentation backbone.
+    BatchNorm keeps PyTorch's statistics (eps 1e-5, momentum 0.1, unbiased
+    running variance), the GELU is exact, as in the original BEiT segmentation backbone.
     With `data_format="channels_first"` the maps are (B, D, h, w).
     """
 
@@ -25,9 +26,7 @@ class BEiTFPNNeck(keras.layers.Layer):
         self.data_format = data_format
         common = dict(dtype=self.dtype_policy, data_format=data_format)
         self.fpn1_conv1 = Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv1", **common)
-        self.fpn1_norm = keras.layers.BatchNormalization(
-            axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="fpn1_norm", dtype=self.dtype_policy
-        )
+        self.fpn1_norm = BatchNormalization(data_format, name="fpn1_norm", dtype=self.dtype_policy)
         self.fpn1_conv2 = Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn1_conv2", **common)
         self.fpn2_conv = Conv2DTranspose(hidden_dim, 2, strides=2, name="fpn2_conv", **common)
         self.fpn4_pool = keras.layers.MaxPooling2D(2, strides=2, name="fpn4_pool", **common)

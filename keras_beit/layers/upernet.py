@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_beit.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from keras_beit.layers.batch_norm import BatchNormalization
 from keras_beit.layers.conv import Conv2D
 from keras_beit.layers.layout import channel_axis
 from keras_beit.layers.layout import image_shape_like
@@ -19,7 +20,7 @@ def resize_bilinear(x, size, data_format="channels_last"):
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class ConvBNReLU(keras.layers.Layer):
-    """Conv2D without bias, BatchNorm (PyTorch eps 1e-5, momentum 0.1), ReLU.
+    """Conv2D without bias, BatchNorm (PyTorch's statistics), ReLU.
 
     mmseg's ConvModule / transformers' BeitConvLayer with stride 1 and
     `padding=kernel_size // 2`, which Keras' "same" padding equals for odd kernels.
@@ -34,9 +35,7 @@ class ConvBNReLU(keras.layers.Layer):
             filters, kernel_size, padding="same", use_bias=False, data_format=data_format, name="conv",
             dtype=self.dtype_policy,
         )
-        self.norm = keras.layers.BatchNormalization(
-            axis=channel_axis(data_format), epsilon=1e-5, momentum=0.9, name="norm", dtype=self.dtype_policy
-        )
+        self.norm = BatchNormalization(data_format, name="norm", dtype=self.dtype_policy)
 
     def build(self, inputs_shape):
         self.conv.build(inputs_shape)
