@@ -151,3 +151,70 @@ def test_batchnorm_normalises_a_batch_far_from_zero_as_pytorch_does():
     np.testing.assert_allclose(_numpy(layer(x, training=True)), expected, atol=1e-4)
     np.testing.assert_allclose(_numpy(layer.moving_variance), reference.running_var.numpy(), rtol=1e-4)
 
+
+torch_only = pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.nn.Module parameters belong to the torch backend"
+)
+
+
+def _segmenter_parts():
+    backbone = keras_beit.BEiTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=4, num_heads=4, intermediate_dim=48,
+        use_relative_position_bias=True, use_fpn=True, out_indices=(0, 1, 2, 2),  # block 3 is after the last tap
+    )
+    return backbone, keras_beit.BEiTImageSegmenter(backbone, num_classes=5, auxiliary_channels=16)
+
+
+def test_freezing_the_backbone_leaves_only_the_segmentation_heads_trainable():
+    # The pyramid belongs to the backbone; what stays trainable are transformers' two heads.
+    reference = transformers.BeitForSemanticSegmentation(
+        transformers.BeitConfig(**{**SEGMENTATION, "hidden_size": 32, "num_labels": 5})
+    )
+    expected = sum(p.numel() for head in (reference.decode_head, reference.auxiliary_head) for p in head.parameters())
+    backbone, segmenter = _segmenter_parts()
+    segmenter.backbone.trainable = False
+    assert sum(int(np.prod(v.shape)) for v in segmenter.trainable_weights) == expected
+    assert not any(v.trainable for v in backbone.fpn.weights)
+
+
+@torch_only
+def test_torch_parameters_are_exactly_the_models_weights():
+    backbone, segmenter = _segmenter_parts()
+    classifier = keras_beit.BEiTImageClassifier(backbone, num_classes=3)
+    for model in (backbone, segmenter, classifier):
+        parameters = {id(p) for p in model.parameters()}
+        assert parameters == {id(v.value) for v in model.weights}, type(model).__name__
+
+
+@torch_only
+def test_a_torch_optimizer_step_moves_every_parameter_by_transformers_gradient(tmp_path):
+    reference = save_model(transformers.BeitForImageClassification, tmp_path, use_relative_position_bias=True)
+    images, labels = _images(32), np.array([1, 3])
+    gradients, _ = _reference_step(reference, pixel_values=to_torch(images), labels=torch.from_numpy(labels))
+    classifier = keras_beit.BEiTImageClassifier.from_preset(str(tmp_path))
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=1.0)
+    before = {id(v): _numpy(v) for v in classifier.variables}
+    loss = torch.nn.functional.cross_entropy(classifier(torch.from_numpy(images), training=True), torch.tensor(labels))
+    loss.backward()
+    optimizer.step()
+    after = {id(v): _numpy(v) for v in classifier.variables}
+    _assert_gradients_match(classifier, gradients, before, after)
+
+
+@torch_only
+def test_distributed_data_parallel_trains_a_segmenter_on_one_process(tmp_path):
+    import torch.distributed as dist
+
+    _, segmenter = _segmenter_parts()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        # find_unused_parameters: block 3 and the auxiliary head take no part in the logits.
+        model = torch.nn.parallel.DistributedDataParallel(segmenter, find_unused_parameters=True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        logits = model(torch.from_numpy(_images(32)), return_auxiliary=False, training=True)
+        before = _numpy(segmenter.backbone.blocks[0].fc1.kernel)
+        logits.square().mean().backward()
+        optimizer.step()
+    finally:
+        dist.destroy_process_group()
+    assert not np.allclose(_numpy(segmenter.backbone.blocks[0].fc1.kernel), before)

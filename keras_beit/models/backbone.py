@@ -10,6 +10,7 @@ from keras_beit.layers.fpn import BEiTFPNNeck
 from keras_beit.layers.patch_embedding import BEiTPatchEmbedding
 from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias
 from keras_beit.models.preset_loading import routed_from_preset
+from keras_beit.models.tracking import finish_tracking
 
 
 def _spatial(image_shape, data_format):
@@ -226,6 +227,8 @@ class BEiTBackbone(FeaturePyramidBackbone):
         self.gradient_checkpointing = gradient_checkpointing
         self.data_format = data_format
         self.pyramid_outputs = pyramid_outputs
+        # The pyramid is a side output, outside the functional graph.
+        finish_tracking(self, to_feature_map=self.to_feature_map, fpn=self.fpn)
 
     def encode(self, images, masked_patches=None, training=None, return_attention_scores=False):
         """Runs the backbone's layers; returns (sequence, hidden states).

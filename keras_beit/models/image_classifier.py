@@ -10,6 +10,7 @@ from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.preprocessors import BEiTImageClassifierPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
+from keras_beit.models.tracking import finish_tracking
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -70,6 +71,7 @@ class BEiTImageClassifier(ImageClassifier):
         # === Config ===
         self.num_classes = num_classes
         self.dropout = dropout
+        finish_tracking(self)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         return super().preprocess_samples(x, validated_labels(y, self.num_classes), sample_weight)

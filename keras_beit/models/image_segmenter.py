@@ -17,6 +17,7 @@ from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
 from keras_beit.models.segmentation_metrics import BEiTMeanIoU
+from keras_beit.models.tracking import finish_tracking
 
 
 def _as_label_map(labels, data_format="channels_last"):
@@ -168,6 +169,8 @@ class BEiTImageSegmenter(ImageSegmenter):
         self.auxiliary_num_convs = auxiliary_num_convs
         self.auxiliary_concat_input = auxiliary_concat_input
         self.auxiliary_loss_weight = auxiliary_loss_weight
+        # Blocks after the last tap are outside the graph.
+        finish_tracking(self, backbone=backbone)
 
     def call(self, inputs, training=None, return_auxiliary=None):
         """Logits; in training (or with `return_auxiliary`) a dict that adds

@@ -10,6 +10,7 @@ from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
+from keras_beit.models.tracking import finish_tracking
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -62,6 +63,7 @@ class BEiTMaskedImageModeler(Task):
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
+        finish_tracking(self)
 
     def __call__(self, inputs, *args, **kwargs):
         # Keras refuses inputs that mix tensors and numpy arrays, such as an
