@@ -218,3 +218,14 @@ def test_distributed_data_parallel_trains_a_segmenter_on_one_process(tmp_path):
     finally:
         dist.destroy_process_group()
     assert not np.allclose(_numpy(segmenter.backbone.blocks[0].fc1.kernel), before)
+
+
+@torch_only
+def test_a_torch_state_dict_carries_the_weights_to_another_model():
+    backbone, _ = _segmenter_parts()
+    source = keras_beit.BEiTImageClassifier(backbone, num_classes=3)
+    target = keras_beit.BEiTImageClassifier(_segmenter_parts()[0], num_classes=3)
+    images = _images(32)
+    assert not np.allclose(_numpy(target(images)), _numpy(source(images)))
+    target.load_state_dict(source.state_dict())
+    np.testing.assert_array_equal(_numpy(target(images)), _numpy(source(images)))
