@@ -34,18 +34,18 @@ def upsample_logits(logits, size, data_format="channels_last"):
     return resize_bilinear(logits, size)
 
 
-def segmentation_cross_entropy(labels, logits, ignore_index=255, data_format="channels_last"):
-    """Mean cross-entropy over non-ignored pixels, logits upsampled to the labels.
-
-    The same arithmetic as transformers' ForSemanticSegmentationLoss.
-    """
+def pixel_cross_entropy(labels, logits, ignore_index=255, data_format="channels_last"):
+    """Cross-entropy per pixel, logits upsampled to the labels, weighted so
+    that its mean is the mean over non-ignored pixels: the arithmetic of
+    transformers' ForSemanticSegmentationLoss."""
     labels = _as_label_map(labels, data_format)
     logits = ops.cast(upsample_logits(logits, labels.shape[1:3], data_format), "float32")
     valid = ops.not_equal(labels, ignore_index)
     safe_labels = ops.where(valid, labels, 0)
     per_pixel = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
     valid = ops.cast(valid, "float32")
-    return ops.sum(per_pixel * valid) / ops.maximum(ops.sum(valid), 1.0)
+    pixels = ops.cast(ops.size(valid), "float32")
+    return per_pixel * valid * (pixels / ops.maximum(ops.sum(valid), 1.0))
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -54,6 +54,10 @@ class BEiTSegmentationLoss(keras.losses.Loss):
 
     `data_format` says where the logits keep their classes: last, or at
     axis 1 ("channels_first"); by default Keras' `image_data_format()`.
+    `call` returns the weighted per-pixel losses and leaves their mean to
+    Keras, which also divides it by the replica count under tf.distribute,
+    as for its own losses. A loss reduced to a scalar escapes that scaling:
+    its gradients doubled on two replicas.
     """
 
     def __init__(self, ignore_index=255, data_format=None, name="segmentation_cross_entropy", **kwargs):
@@ -62,7 +66,7 @@ class BEiTSegmentationLoss(keras.losses.Loss):
         self.data_format = standardize_data_format(data_format)
 
     def call(self, y_true, y_pred):
-        return segmentation_cross_entropy(y_true, y_pred, self.ignore_index, self.data_format)
+        return pixel_cross_entropy(y_true, y_pred, self.ignore_index, self.data_format)
 
     def get_config(self):
         return {**super().get_config(), "ignore_index": self.ignore_index, "data_format": self.data_format}
@@ -222,9 +226,8 @@ class BEiTImageSegmenter(ImageSegmenter):
             y_pred, auxiliary = y_pred["logits"], y_pred.get("auxiliary_logits")
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if auxiliary is not None and training:
-            loss = loss + self.auxiliary_loss_weight * segmentation_cross_entropy(
-                y, auxiliary, self.ignore_index, self.data_format
-            )
+            auxiliary_loss = BEiTSegmentationLoss(self.ignore_index, self.data_format)
+            loss = loss + self.auxiliary_loss_weight * auxiliary_loss(y, auxiliary)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
