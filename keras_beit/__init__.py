@@ -10,6 +10,8 @@ from keras_beit.models import BEiTImageSegmenterPreprocessor
 from keras_beit.models import BEiTMaskedImageModeler
 from keras_beit.models import BEiTMeanIoU
 from keras_beit.models import BEiTSegmentationLoss
+# Registers the layer-decay optimizers, which saved models may name.
+from keras_beit import training
 from keras_beit.version import __version__
 
 # Registers the checkpoint formats with from_preset; after the models, which

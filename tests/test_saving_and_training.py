@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_beit
+from keras_beit.training import beit_fine_tuning_optimizer
 
 TINY = dict(
     image_shape=(32, 32, 3), patch_size=8, hidden_dim=16, num_layers=2, num_heads=2,
@@ -46,6 +47,55 @@ def test_classifier_reloads_identically_from_a_keras_file(images, tmp_path):
     reloaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
     assert isinstance(reloaded, keras_beit.BEiTImageClassifier)
     np.testing.assert_array_equal(_numpy(reloaded(images)), _numpy(classifier(images)))
+
+
+def _segmenter():
+    backbone = keras_beit.BEiTBackbone(**{**TINY, "use_fpn": True, "out_indices": (0, 1, 1, 1)})
+    segmenter = keras_beit.BEiTImageSegmenter(backbone, num_classes=3, auxiliary_channels=8)
+    _randomize(segmenter)
+    for norm in [v for v in segmenter.weights if v.path.endswith("moving_variance")]:
+        norm.assign(np.ones(norm.shape, "float32"))
+    return segmenter
+
+
+def _training_batch(task, images):
+    rng = np.random.default_rng(2)
+    if isinstance(task, keras_beit.BEiTMaskedImageModeler):
+        return {"images": images, "mask": rng.random((4, 16)) < 0.4}, rng.integers(0, 12, size=(4, 16))
+    if isinstance(task, keras_beit.BEiTImageSegmenter):
+        return images, rng.integers(0, 3, size=(4, 32, 32))
+    return images, rng.integers(0, 3, size=4)
+
+
+def _layer_decay_adamw(task):
+    return beit_fine_tuning_optimizer(task, steps=10, learning_rate=1e-3)
+
+
+@pytest.mark.parametrize(
+    "make, optimizer",
+    [
+        (_classifier, lambda task: keras.optimizers.AdamW(1e-3)),
+        (_classifier, _layer_decay_adamw),
+        (_mim, lambda task: keras.optimizers.SGD(0.1, momentum=0.9)),
+        (_segmenter, lambda task: "auto"),
+    ],
+    ids=["classifier_adamw", "classifier_layer_decay", "mim_sgd_momentum", "segmenter_default"],
+)
+def test_training_resumed_from_a_keras_file_takes_the_uninterrupted_step(make, optimizer, images, tmp_path):
+    # The optimizer, its schedule and its moments come back with the model.
+    task = make()
+    task.compile(optimizer=optimizer(task))
+    x, y = _training_batch(task, images)
+    task.train_on_batch(x, y)
+    task.train_on_batch(x, y)
+    task.save(tmp_path / "checkpoint.keras")
+    resumed = keras.saving.load_model(tmp_path / "checkpoint.keras")
+    assert type(resumed.optimizer).__name__ == type(task.optimizer).__name__
+    assert int(_numpy(resumed.optimizer.iterations)) == 2
+    task.train_on_batch(x, y)
+    resumed.train_on_batch(x, y)
+    for expected, actual in zip(task.weights, resumed.weights):
+        np.testing.assert_allclose(_numpy(actual), _numpy(expected), atol=1e-6, err_msg=expected.path)
 
 
 def test_a_float32_head_on_a_bfloat16_backbone_stays_float32_after_reloading(tmp_path):

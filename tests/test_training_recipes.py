@@ -131,3 +131,9 @@ def test_masks_feed_masked_image_modeling_in_a_tf_data_pipeline():
     ds = tf.data.Dataset.from_tensor_slices(({"images": images, "mask": masks}, tokens)).batch(4)
     history = mim.fit(ds, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_every_keras_optimizer_has_a_layer_decay_class_registered_on_import():
+    # A fresh process that loads a saved model must find them by name.
+    for name in ("SGD", "Adam", "AdamW", "Lion", "Adafactor"):
+        assert keras.saving.get_registered_object(f"keras_beit>LayerDecay{name}") is not None, name

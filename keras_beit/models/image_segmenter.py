@@ -16,6 +16,7 @@ from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preprocessors import BEiTImageSegmenterPreprocessor
 from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
+from keras_beit.models.saved_compile import compile_from_saved_config
 from keras_beit.models.segmentation_metrics import BEiTMeanIoU
 from keras_beit.models.tracking import finish_tracking
 
@@ -107,6 +108,7 @@ class BEiTImageSegmenter(ImageSegmenter):
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
     quantize = quantize_backbone
+    compile_from_config = compile_from_saved_config
     preprocessor_cls = BEiTImageSegmenterPreprocessor
 
     def __init__(

@@ -10,6 +10,7 @@ from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
 from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
+from keras_beit.models.saved_compile import compile_from_saved_config
 from keras_beit.models.tracking import finish_tracking
 
 
@@ -34,6 +35,7 @@ class BEiTMaskedImageModeler(Task):
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
     quantize = quantize_backbone
+    compile_from_config = compile_from_saved_config
     preprocessor_cls = None
 
     def __init__(self, backbone, vocabulary_size=8192, preprocessor=None, **kwargs):

@@ -64,10 +64,21 @@ class _LayerDecayMixin:
     For optimizers whose step is the learning rate times a direction (SGD
     without momentum, Adam, AdamW and their decoupled weight decay, Lion,
     Adafactor...), scaling the step equals scaling that variable's learning
-    rate, which is what the original's parameter groups do.
+    rate, which is what the original's parameter groups do. The scales and
+    the weight-decay exclusions are kept by variable path in the optimizer's
+    config, so a model saved with it resumes training with them.
     """
 
-    layer_scales = None
+    def __init__(self, *args, layer_scales=None, no_weight_decay_paths=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layer_scales = dict(layer_scales or {})
+        self.no_weight_decay_paths = tuple(no_weight_decay_paths)
+
+    def build(self, variables):
+        if self.no_weight_decay_paths:
+            excluded = set(self.no_weight_decay_paths)
+            self.exclude_from_weight_decay(var_list=[v for v in variables if v.path in excluded])
+        super().build(variables)
 
     def apply(self, grads, trainable_variables=None):
         variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
@@ -79,13 +90,45 @@ class _LayerDecayMixin:
             variable.assign(old + ops.cast(scale, old.dtype) * (variable.value - old))
         return result
 
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "layer_scales": self.layer_scales,
+            "no_weight_decay_paths": list(self.no_weight_decay_paths),
+        }
+
+
+_LAYER_DECAY_CLASSES = {}
+
+
+def _layer_decay_class(cls):
+    """`LayerDecay<cls>`, registered so that saved models compiled with it load."""
+    if cls not in _LAYER_DECAY_CLASSES:
+        decayed = type(f"LayerDecay{cls.__name__}", (_LayerDecayMixin, cls), {"__module__": __name__})
+        _LAYER_DECAY_CLASSES[cls] = keras.saving.register_keras_serializable(package="keras_beit")(decayed)
+    return _LAYER_DECAY_CLASSES[cls]
+
+
+# Keras' own optimizers get theirs on import: a fresh process that loads a saved
+# model must find the class before with_layer_decay is ever called.
+for _cls in vars(keras.optimizers).values():
+    if (
+        isinstance(_cls, type)
+        and issubclass(_cls, keras.optimizers.Optimizer)
+        and _cls not in (keras.optimizers.Optimizer, keras.optimizers.LossScaleOptimizer)
+        and _cls.__name__ != "MultiOptimizer"
+    ):
+        _layer_decay_class(_cls)
+
 
 def with_layer_decay(optimizer, model, decay, exclude_from_weight_decay=True):
     """A copy of `optimizer` that applies layer-wise learning-rate decay for `model`.
 
     Works with any Keras optimizer on every backend, in `compile()` then
     `fit()`. With `exclude_from_weight_decay`, the original's no-decay
-    variables are excluded from the optimizer's weight decay.
+    variables are excluded from the optimizer's weight decay. A model saved
+    with it reloads with it (for an optimizer class outside Keras, once
+    with_layer_decay has been called on that class in the loading process).
     """
     if getattr(optimizer, "use_ema", False):
         # Keras updates (and may overwrite weights with) the moving average
@@ -95,13 +138,12 @@ def with_layer_decay(optimizer, model, decay, exclude_from_weight_decay=True):
             "with_layer_decay does not support use_ema=True: Keras' moving average would follow the steps before "
             "the layer-wise scaling. Average the weights outside the optimizer instead (for example in a callback)."
         )
-    cls = type(optimizer)
-    decayed_cls = type(f"LayerDecay{cls.__name__}", (_LayerDecayMixin, cls), {})
-    decayed = decayed_cls.from_config(optimizer.get_config())
-    decayed.layer_scales = layer_decay_scales(model, decay)
-    if exclude_from_weight_decay and getattr(decayed, "weight_decay", None):
-        decayed.exclude_from_weight_decay(var_list=no_weight_decay_variables(model))
-    return decayed
+    excluded = ()
+    if exclude_from_weight_decay and getattr(optimizer, "weight_decay", None):
+        excluded = [v.path for v in no_weight_decay_variables(model)]
+    return _layer_decay_class(type(optimizer)).from_config(
+        {**optimizer.get_config(), "layer_scales": layer_decay_scales(model, decay), "no_weight_decay_paths": excluded}
+    )
 
 
 def beit_fine_tuning_optimizer(
