@@ -184,6 +184,23 @@ def test_fit_lowers_the_loss_and_the_model_reloads(tmp_path):
     np.testing.assert_allclose(_numpy(from_preset(images)), _numpy(segmenter(images)), atol=1e-5)
 
 
+def test_sample_weights_per_image_spread_over_its_pixels():
+    # Keras' mean over the whole batch: weights 1, 1, 0, 0 give half the first two images' loss.
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(4, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 4, size=(4, 32, 32))
+    segmenter = _segmenter()
+    segmenter.compile()
+    logits = segmenter(images)
+    weights = np.array([1.0, 1.0, 0.0, 0.0], "float32")
+    weighted = segmenter.compute_loss(x=images, y=labels, y_pred=logits, sample_weight=weights, training=False)
+    first_two = segmenter.compute_loss(x=images[:2], y=labels[:2], y_pred=logits[:2], training=False)
+    assert float(_numpy(weighted)) == pytest.approx(0.5 * float(_numpy(first_two)), rel=1e-5)
+    per_pixel = np.broadcast_to(weights[:, None, None], labels.shape)
+    by_pixel = segmenter.compute_loss(x=images, y=labels, y_pred=logits, sample_weight=per_pixel, training=False)
+    assert float(_numpy(by_pixel)) == pytest.approx(float(_numpy(weighted)), rel=1e-6)
+
+
 def test_segmentation_labels_out_of_range_are_refused():
     with pytest.raises(Exception, match=r"Labels must be class indices in \[0, 4\) or the ignore index 255"):
         _segmenter().fit(np.zeros((2, 32, 32, 3), "float32"), np.full((2, 32, 32), 7), verbose=0)

@@ -35,6 +35,19 @@ def upsample_logits(logits, size, data_format="channels_last"):
     return resize_bilinear(logits, size)
 
 
+def _per_pixel(sample_weight, labels):
+    """Sample weights, one per image or one per pixel, as a map shaped like `labels`.
+
+    Flattening each image's weights first needs no static rank, which
+    TensorFlow drops when it retraces for another weight shape.
+    """
+    if sample_weight is None:
+        return None
+    batch, height, width = ops.shape(labels)
+    weights = ops.reshape(ops.cast(sample_weight, "float32"), (batch, -1))
+    return ops.reshape(ops.broadcast_to(weights, (batch, height * width)), (batch, height, width))
+
+
 def pixel_cross_entropy(labels, logits, ignore_index=255, data_format="channels_last"):
     """Cross-entropy per pixel, logits upsampled to the labels, weighted so
     that its mean is the mean over non-ignored pixels: the arithmetic of
@@ -226,19 +239,19 @@ class BEiTImageSegmenter(ImageSegmenter):
         auxiliary = None
         if isinstance(y_pred, dict):
             y_pred, auxiliary = y_pred["logits"], y_pred.get("auxiliary_logits")
+        sample_weight = _per_pixel(sample_weight, _as_label_map(y, self.data_format))
         loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         if auxiliary is not None and training:
             auxiliary_loss = BEiTSegmentationLoss(self.ignore_index, self.data_format)
-            loss = loss + self.auxiliary_loss_weight * auxiliary_loss(y, auxiliary)
+            loss = loss + self.auxiliary_loss_weight * auxiliary_loss(y, auxiliary, sample_weight)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict):
             y_pred = y_pred["logits"]
         labels = _as_label_map(y, self.data_format)
-        return super().compute_metrics(
-            x, labels, upsample_logits(y_pred, labels.shape[1:3], self.data_format), sample_weight
-        )
+        logits = upsample_logits(y_pred, labels.shape[1:3], self.data_format)
+        return super().compute_metrics(x, labels, logits, _per_pixel(sample_weight, labels))
 
     def post_process(self, logits, target_size=None):
         """Label maps `(batch, height, width)` from logits, like transformers'
