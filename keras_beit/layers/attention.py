@@ -4,6 +4,18 @@ import keras
 from keras import ops
 
 
+def token_rows(x, features):
+    """(batch, tokens, ...) as one (batch * tokens, features) matrix.
+
+    Every projection runs on rows: TensorFlow's oneDNN CPU kernels fuse a 2-D
+    MatMul with its bias add (and an exact GELU after it) into one op, but a
+    3-D input goes through tensordot's reshapes and runs them as separate ops.
+    On BEiT-B at batch 8 that made a bfloat16 forward 16% faster and a float32
+    one 3%; jax and torch fold the batch into one matmul either way.
+    """
+    return ops.reshape(x, (-1, features))
+
+
 @keras.saving.register_keras_serializable(package="keras_beit")
 class BEiTAttention(keras.layers.Layer):
     """BEiT self-attention: softmax(q k^T / sqrt(d) + bias) v.
@@ -45,12 +57,13 @@ class BEiTAttention(keras.layers.Layer):
             layer.build(inputs_shape)
         self.built = True
 
-    def _heads(self, x):
-        batch, tokens = ops.shape(x)[0], ops.shape(x)[1]
-        return ops.reshape(x, (batch, tokens, self.num_heads, self.head_dim))
-
     def call(self, inputs, bias=None, training=None, return_attention_scores=False):
-        query, key, value = (self._heads(f(inputs)) for f in (self.query, self.key, self.value))
+        batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        rows = token_rows(inputs, self.hidden_dim)
+        query, key, value = (
+            ops.reshape(f(rows), (batch, tokens, self.num_heads, self.head_dim))
+            for f in (self.query, self.key, self.value)
+        )
         scale = self.head_dim**-0.5
         if bias is not None:
             bias = ops.cast(bias, query.dtype)
@@ -69,8 +82,7 @@ class BEiTAttention(keras.layers.Layer):
             attended = ops.einsum("bhqk,bkhd->bqhd", self.dropout(probs, training=training), value)
         else:
             attended = ops.dot_product_attention(query, key, value, bias=bias, scale=scale)
-        batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        outputs = self.output_dense(ops.reshape(attended, (batch, tokens, self.hidden_dim)))
+        outputs = ops.reshape(self.output_dense(token_rows(attended, self.hidden_dim)), ops.shape(inputs))
         if return_attention_scores:
             return outputs, probs
         return outputs

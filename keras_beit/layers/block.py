@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_beit.layers.attention import BEiTAttention
+from keras_beit.layers.attention import token_rows
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -133,7 +134,8 @@ class BEiTBlock(keras.layers.Layer):
             )
 
         def mlp(x):
-            return self.fc2(keras.activations.gelu(self.fc1(self.norm_after(x)), approximate=False))
+            rows = token_rows(self.norm_after(x), self.hidden_dim)
+            return ops.reshape(self.fc2(keras.activations.gelu(self.fc1(rows), approximate=False)), ops.shape(x))
 
         # Recomputation re-runs what it wraps, so nothing random may sit inside:
         # a second draw gives the backward pass other masks than the forward
