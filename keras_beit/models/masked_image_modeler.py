@@ -91,12 +91,14 @@ class BEiTMaskedImageModeler(Task):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def _masked_weight(self, x, sample_weight):
+        """The mask as loss weights, times sample weights per image or per patch.
+
+        Flattening each image's weights needs no static rank, which
+        TensorFlow drops when it retraces for another weight shape.
+        """
         weight = ops.cast(x["mask"], "float32")
         if sample_weight is not None:
-            sample_weight = ops.cast(sample_weight, "float32")
-            if len(sample_weight.shape) == 1:  # one weight per image, spread over its patches
-                sample_weight = ops.expand_dims(sample_weight, -1)
-            weight = weight * sample_weight
+            weight = weight * ops.reshape(ops.cast(sample_weight, "float32"), (ops.shape(weight)[0], -1))
         return weight
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, **kwargs):
