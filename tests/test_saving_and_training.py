@@ -176,8 +176,8 @@ def test_masked_image_modeling_fit_lowers_the_masked_token_loss(images):
     assert losses[-1] < losses[0]
 
 
-def test_masked_image_modeling_weights_per_image_spread_over_their_patches(images):
-    mim = _mim()
+def _first_image_masked_loss(mim, images):
+    """A MIM batch and the mean cross-entropy over its first image's masked patches, in numpy."""
     mask = np.random.default_rng(5).random((4, 16)) < 0.5
     mask[0, 0] = True
     tokens = np.random.default_rng(6).integers(0, 12, size=(4, 16))
@@ -185,27 +185,27 @@ def test_masked_image_modeling_weights_per_image_spread_over_their_patches(image
     logits = _numpy(mim(x)).astype("float64")
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     picked = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+    return x, tokens, picked[0][mask[0]].mean()
+
+
+def test_masked_image_modeling_weights_per_image_spread_over_their_patches(images):
+    mim = _mim()
+    x, tokens, expected = _first_image_masked_loss(mim, images)
     only_the_first_image = np.array([1.0, 0.0, 0.0, 0.0], "float32")
     loss = mim.compute_loss(x=x, y=tokens, y_pred=mim(x), sample_weight=only_the_first_image)
-    assert float(_numpy(loss)) == pytest.approx(picked[0][mask[0]].mean(), rel=1e-5)
+    assert float(_numpy(loss)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_masked_image_modeling_takes_weights_per_image_then_per_patch(images):
     # The second weight shape makes TensorFlow retrace the train step without a static rank.
     mim = _mim()
     mim.compile(optimizer=keras.optimizers.SGD(0.0))
-    mask = np.random.default_rng(5).random((4, 16)) < 0.5
-    mask[0, 0] = True
-    tokens = np.random.default_rng(6).integers(0, 12, size=(4, 16))
-    x = {"images": images, "mask": mask}
-    logits = _numpy(mim(x)).astype("float64")
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    picked = -np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+    x, tokens, expected = _first_image_masked_loss(mim, images)
     per_image = np.array([1.0, 0.0, 0.0, 0.0], "float32")
     per_patch = np.repeat(per_image[:, None], 16, axis=1)
     for weights in (per_image, per_patch):
         loss = mim.train_on_batch(x, tokens, sample_weight=weights, return_dict=True)["loss"]
-        assert loss == pytest.approx(picked[0][mask[0]].mean(), rel=1e-5)
+        assert loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_masked_image_modeling_loss_counts_masked_positions_only(images):
