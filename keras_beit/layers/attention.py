@@ -7,11 +7,12 @@ from keras import ops
 def token_rows(x, features):
     """(batch, tokens, ...) as one (batch * tokens, features) matrix.
 
-    Every projection runs on rows: TensorFlow's oneDNN CPU kernels fuse a 2-D
+    Every projection runs on rows. TensorFlow's oneDNN CPU kernels fuse a 2-D
     MatMul with its bias add (and an exact GELU after it) into one op, but a
-    3-D input goes through tensordot's reshapes and runs them as separate ops.
-    On BEiT-B at batch 8 that made a bfloat16 forward 16% faster and a float32
-    one 3%; jax and torch fold the batch into one matmul either way.
+    3-D input goes through tensordot's reshapes and runs them as separate ops;
+    and XLA transposes 3-D activations before each weight-gradient matmul. On
+    BEiT-B at batch 8: a tensorflow forward 1.16x faster in bfloat16 and 1.03x
+    in float32, a jax training step 1.28x; torch is unchanged.
     """
     return ops.reshape(x, (-1, features))
 
