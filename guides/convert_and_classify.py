@@ -56,13 +56,14 @@ def main():
     args = parser.parse_args()
 
     reference = None
-    directory = args.checkpoint
-    if directory is None:
-        directory = tempfile.mkdtemp(prefix="beit_checkpoint_")
-        reference = write_random_checkpoint(directory)
-        print(f"Wrote a random BeitForImageClassification checkpoint to {directory}: {sorted(os.listdir(directory))}")
-
-    classifier = keras_beit.BEiTImageClassifier.from_preset(directory)
+    if args.checkpoint is None:
+        # The stand-in checkpoint is scratch: it is gone when the guide ends.
+        with tempfile.TemporaryDirectory(prefix="beit_checkpoint_") as directory:
+            reference = write_random_checkpoint(directory)
+            print(f"Wrote a random BeitForImageClassification checkpoint: {sorted(os.listdir(directory))}")
+            classifier = keras_beit.BEiTImageClassifier.from_preset(directory)
+    else:
+        classifier = keras_beit.BEiTImageClassifier.from_preset(args.checkpoint)
     image = test_image(96)[None].astype("float32")
     # predict() runs the preset's preprocessor (resize, rescale, normalize) first.
     logits = keras.ops.convert_to_numpy(classifier.predict(image, verbose=0))[0]

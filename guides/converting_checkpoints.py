@@ -86,21 +86,21 @@ def main():
     parser.add_argument("--offline", action="store_true", help=OFFLINE_HELP + " (this guide is always offline)")
     parser.parse_args()
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
-    root = tempfile.mkdtemp(prefix="beit_conversions_")
-    worst = 0.0
-    for index, (name, write) in enumerate(LAYOUTS.items()):
-        source = os.path.join(root, f"source_{index}")
-        os.makedirs(source)
-        reference = write(source)
-        # %% [markdown]
-        # ## Convert, then load the preset back
-        preset = convert(source, os.path.join(root, f"preset_{index}"))
-        classifier = keras_beit.BEiTImageClassifier.from_preset(preset)
-        with torch.no_grad():
-            expected = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
-        error = float(np.abs(keras.ops.convert_to_numpy(classifier(images)) - expected).max())
-        worst = max(worst, error)
-        print(f"{name}: preset {sorted(os.listdir(preset))}, max |difference| {error:.2e}")
+    with tempfile.TemporaryDirectory(prefix="beit_conversions_") as root:
+        worst = 0.0
+        for index, (name, write) in enumerate(LAYOUTS.items()):
+            source = os.path.join(root, f"source_{index}")
+            os.makedirs(source)
+            reference = write(source)
+            # %% [markdown]
+            # ## Convert, then load the preset back
+            preset = convert(source, os.path.join(root, f"preset_{index}"))
+            classifier = keras_beit.BEiTImageClassifier.from_preset(preset)
+            with torch.no_grad():
+                expected = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).logits.numpy()
+            error = float(np.abs(keras.ops.convert_to_numpy(classifier(images)) - expected).max())
+            worst = max(worst, error)
+            print(f"{name}: preset {sorted(os.listdir(preset))}, max |difference| {error:.2e}")
     print(f"All {len(LAYOUTS)} layouts converted; largest difference {worst:.2e}.")
 
 

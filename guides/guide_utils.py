@@ -1,6 +1,5 @@
 """Shared by the guides: choosing weights honestly, and offline fallbacks."""
 
-import tempfile
 
 OFFLINE_HELP = (
     "fast offline mode: use keras_beit's bundled digits preset or a tiny checkpoint written "
@@ -23,22 +22,6 @@ def load_or_explain(cls, preset, fallback=None, **kwargs):
         print(f"Could not load {preset!r} ({type(error).__name__}: {reason}).")
         print(f"Falling back to {fallback!r}.")
         return cls.from_preset(fallback, **kwargs), fallback
-
-
-def tiny_transformers_checkpoint(model_cls_name, seed=0, **config):
-    """A small random transformers BEiT checkpoint in the hub's layout, for offline runs."""
-    import torch
-    import transformers
-
-    defaults = dict(
-        image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=64, drop_path_rate=0.0, use_relative_position_bias=True,
-    )
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_cls_name)(transformers.BeitConfig(**{**defaults, **config})).eval()
-    directory = tempfile.mkdtemp(prefix="tiny_beit_")
-    model.save_pretrained(directory)
-    return directory, model
 
 
 def save_line_chart(path, series, title, width=640, height=400):

@@ -10,20 +10,28 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_guide(name, *args):
+def _run_guide(name, *args, scratch=None):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    if scratch is not None:
+        env["TMPDIR"] = str(scratch)
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "guides", name), *args],
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
     )
 
 
-def test_convert_and_classify_matches_transformers():
-    result = _run_guide("convert_and_classify.py")
+def _left_behind(scratch):
+    # Only the guides' own names: TensorFlow's autograph writes its own files there.
+    return sorted(name for name in os.listdir(scratch) if name.startswith("beit_"))
+
+
+def test_convert_and_classify_matches_transformers_and_removes_its_checkpoint(tmp_path):
+    result = _run_guide("convert_and_classify.py", scratch=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"backend: {keras.backend.backend()}" in result.stdout
     assert "top-5 classes:" in result.stdout
     assert "OK: the converted model matches transformers." in result.stdout
+    assert _left_behind(tmp_path) == []
 
 
 def test_quickstart_classifies_held_out_digits_with_the_bundled_preset():
@@ -86,11 +94,12 @@ def test_switching_backends_guide_gets_the_same_predictions_everywhere():
         assert float(line) <= 1e-4
 
 
-def test_converting_guide_round_trips_every_layout():
-    result = _run_guide("converting_checkpoints.py")
+def test_converting_guide_round_trips_every_layout_and_removes_its_files(tmp_path):
+    result = _run_guide("converting_checkpoints.py", scratch=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     worst = float(result.stdout.split("largest difference ")[1].rstrip(".\n").split()[0].rstrip("."))
     assert "All 4 layouts converted" in result.stdout and worst <= 1e-4
+    assert _left_behind(tmp_path) == []
 
 
 def test_masked_image_modeling_guide_lowers_the_masked_token_loss():
