@@ -12,7 +12,10 @@ after a warm-up; `--rounds N` repeats every process N times, interleaved,
 keeps the median process and reports the spread between them, which on a
 shared machine is the error bar of a ratio. The table prints ratios (ours /
 transformers SDPA), the machine's measured fp32 and bf16 matmul throughput
-at BEiT's shapes, and the fraction of it each model achieves. `--quick` uses
+at BEiT's shapes, and the fraction of it each model achieves. Memory is
+read from /proc: the peak of the whole process, the resident memory of its
+imports before any model exists, and the peak during the timed runs alone
+(after the warm-up, so without compilation's). `--quick` uses
 tiny models, to check the script itself. `--data-format channels_first` feeds
 keras_beit (B, C, H, W) images, as transformers is fed. This is a benchmark, not a test:
 nothing here asserts a speed.
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import time
 
+FRAMEWORKS = ("jax", "keras", "keras_hub", "tensorflow", "torch", "transformers")
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
@@ -67,24 +71,80 @@ def _segmentation_head_macs(d, grid, classes=150, auxiliary=256, pool_scales=(1,
     return neck + pyramid_pooling + laterals + fpn_convs + fuse + auxiliary_head
 
 
-def _beit_config(case):
-    import transformers
+def _config_dict(case):
+    """The case as a transformers BeitConfig's fields, without importing transformers.
 
-    return transformers.BeitConfig(
+    keras_beit's processes build from this dict, so their memory holds no
+    torch or transformers; transformers' processes build BeitConfig(**it).
+    """
+    return dict(
         image_size=case["image"], patch_size=16, use_relative_position_bias=True, drop_path_rate=0.0,
         num_labels=150 if case["task"] == "segmenter" else 1000,
         out_indices=[3, 5, 7, 11] if case["size"]["num_hidden_layers"] >= 12 else [1, 2, 3, 4],
+        architectures=["BeitForSemanticSegmentation" if case["task"] == "segmenter" else "BeitForImageClassification"],
         **case["size"],
     )
 
 
+def _beit_config(case):
+    import transformers
+
+    return transformers.BeitConfig(**_config_dict(case))
+
+
+_MEMORY = {}
+
+
+def _rss_mb(field):
+    """VmRSS (now) or VmHWM (the high-water mark) of this process, from /proc; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _imported():
+    """Notes the resident memory of the imports alone, before any model exists."""
+    _MEMORY["import_rss_mb"] = _rss_mb("VmRSS")
+
+
+def _reset_peak():
+    """Restarts the high-water mark, so what follows is measured without compilation's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory, warm-up and timed runs together.
+
+    From /proc's VmHWM, which starts afresh at exec. getrusage's ru_maxrss
+    does not: a child spawned by a parent that had imported TensorFlow
+    reports at least the parent's 870 MB. It is the fallback off Linux only.
+    """
+    peaks = [_MEMORY.get("warm_up_peak_rss_mb"), _MEMORY.get("running_peak_rss_mb"), _rss_mb("VmHWM")]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _timed(fn, repeats):
     fn()  # warm-up (compilation, caches)
+    _MEMORY["warm_up_peak_rss_mb"] = _rss_mb("VmHWM")
+    measure_running_peak = _reset_peak()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    if measure_running_peak:
+        _MEMORY["running_peak_rss_mb"] = _rss_mb("VmHWM")
     return statistics.median(times)
 
 
@@ -93,6 +153,7 @@ def run_transformers(case, attention, repeats):
     import torch
     import transformers
 
+    _imported()
     torch.manual_seed(0)
     config = _beit_config(case)
     config._attn_implementation = attention
@@ -125,10 +186,10 @@ def run_keras_beit(case, repeats, data_format="channels_last"):
     from keras_beit.convert.layout import with_data_format
     from keras_beit.convert.transformers import convert_backbone_config
 
+    _imported()
     if case.get("bf16"):
         keras.config.set_dtype_policy("mixed_bfloat16")
-    config = _beit_config(case).to_dict()
-    config["architectures"] = ["BeitForSemanticSegmentation" if case["task"] == "segmenter" else "BeitForImageClassification"]
+    config = _config_dict(case)
     # transformers tap points, so both sides compute the same network.
     backbone_config, layout = with_data_format(
         convert_backbone_config(config, tap_points="transformers"), {"data_format": data_format}
@@ -212,14 +273,21 @@ def child(args):
         result = {"seconds": run_keras_beit(case, args.repeats, args.data_format)}
     else:
         result = {"seconds": run_transformers(case, args.impl.split("_")[1], args.repeats)}
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.update(_MEMORY)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    # What this process had loaded: the memory figures are for these alone.
+    result["frameworks"] = sorted(set(FRAMEWORKS) & {name.split(".")[0] for name in sys.modules})
     result["images_per_second"] = case["batch"] / result["seconds"] if "seconds" in result else None
     print(json.dumps(result))
 
 
 def _spawn(backend, *argv):
     env = {**os.environ, "KERAS_BACKEND": backend or os.environ.get("KERAS_BACKEND", "jax")}
-    out = subprocess.run([sys.executable, "-m", "keras_beit.benchmark", "--child", *argv], env=env,
+    # This file is run by path, not as `-m keras_beit.benchmark`: importing the
+    # package would load keras, keras-hub and TensorFlow into transformers'
+    # processes too, and their memory would include ours.
+    runner = f"import runpy, sys; sys.argv = ['benchmark'] + sys.argv[1:]; runpy.run_path({__file__!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", runner, "--child", *argv], env=env,
                          capture_output=True, text=True)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
@@ -242,6 +310,10 @@ def summarise_runs(runs):
     return median
 
 
+def _mb(value):
+    return "-" if value is None else f"{value:.0f}"
+
+
 def print_table(results):
     """Ratios against transformers SDPA and the fraction of the machine's GEMM limit, case by case."""
     fp32 = results["gemm"]["float32"].get("gflops")
@@ -250,7 +322,8 @@ def print_table(results):
         libraries = ", ".join(f"{k} {v:.0f}" for k, v in r.get("gflops_by_library", {}).items())
         print(f"machine matmul throughput at BEiT's shapes, {dtype}: {r.get('gflops', float('nan')):.1f} GFLOP/s ({libraries})")
     print(f"keras_beit images: {results.get('data_format', 'channels_last')} (transformers: channels first)")
-    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}{'spread':>8}")
+    print(f"{'case':<20}{'implementation':<26}{'img/s':>9}{'ratio':>8}{'of GEMM limit':>14}{'peak MB':>10}"
+          f"{'imports MB':>12}{'running MB':>12}{'spread':>8}")
     for name, row in results["cases"].items():
         reference = row.get("transformers_sdpa", {}).get("images_per_second")
         work = gflop_per_image(name, results.get("quick", False))
@@ -263,7 +336,9 @@ def print_table(results):
             gemm = bf16 if CASES[name].get("bf16") else fp32  # the bf16 cases against the bf16 limit
             limit = ips * work / gemm if gemm else float("nan")
             spread = f"{r['spread']:.0%}" if "spread" in r else "-"
-            print(f"{name:<20}{impl:<26}{ips:>9.3f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}{spread:>8}")
+            imports, running = (_mb(r.get(k)) for k in ("import_rss_mb", "running_peak_rss_mb"))
+            print(f"{name:<20}{impl:<26}{ips:>9.3f}{ratio:>8.2f}{limit:>14.0%}{r['peak_rss_mb']:>10.0f}"
+                  f"{imports:>12}{running:>12}{spread:>8}")
 
 
 def main(argv=None):

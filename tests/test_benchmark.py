@@ -43,7 +43,10 @@ def test_show_prints_ratios_against_sdpa_and_the_fraction_of_the_gemm_limit(tmp_
         "gemm": {"float32": {"gflops": 351.0}, "bfloat16": {"gflops": 702.0}},
         "cases": {
             "base224_b1": {
-                "keras_beit_jax": {"images_per_second": 4.0, "peak_rss_mb": 1000.0},
+                "keras_beit_jax": {
+                    "images_per_second": 4.0, "peak_rss_mb": 1000.0, "import_rss_mb": 600.0, "running_peak_rss_mb": 800.0,
+                },
+                # A run saved before memory was broken down prints dashes.
                 "transformers_sdpa": {"images_per_second": 2.0, "peak_rss_mb": 900.0, "spread": 0.125},
             }
         },
@@ -54,8 +57,8 @@ def test_show_prints_ratios_against_sdpa_and_the_fraction_of_the_gemm_limit(tmp_
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("base224_b1")]
     # 4 img/s x 35.1 GFLOP = 140.4 GFLOP/s = 40% of 351.
     assert rows == [
-        ["base224_b1", "keras_beit_jax", "4.000", "2.00", "40%", "1000", "-"],
-        ["base224_b1", "transformers_sdpa", "2.000", "1.00", "20%", "900", "12%"],
+        ["base224_b1", "keras_beit_jax", "4.000", "2.00", "40%", "1000", "600", "800", "-"],
+        ["base224_b1", "transformers_sdpa", "2.000", "1.00", "20%", "900", "-", "-", "12%"],
     ]
 
 
@@ -92,3 +95,28 @@ def test_fewer_than_one_round_is_refused_with_the_value_received(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--rounds", "0"])
     assert "--rounds must be at least 1; received 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(benchmark.CASES))
+def test_keras_beit_is_built_without_transformers_from_the_network_transformers_runs(name):
+    from keras_beit.convert.transformers import convert_backbone_config
+
+    case = benchmark.CASES[name]
+    expected = transformers.BeitConfig(**benchmark._config_dict(case)).to_dict()
+    assert convert_backbone_config(benchmark._config_dict(case), tap_points="transformers") == convert_backbone_config(
+        expected, tap_points="transformers"
+    )
+
+
+def _resident_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_transformers_process_loads_no_keras_and_reports_only_its_own_memory():
+    # getrusage in a child starts from its parent's peak; this process holds
+    # keras, keras-hub and TensorFlow, so a figure above our own would be ours.
+    result = benchmark._spawn(None, "--impl", "transformers_sdpa", "--case", "base224_b1", "--quick", "--repeats", "1")
+    assert result["frameworks"] == ["torch", "transformers"]
+    assert result["import_rss_mb"] <= result["running_peak_rss_mb"] <= result["peak_rss_mb"] < _resident_mb()
+
