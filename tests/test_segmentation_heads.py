@@ -330,6 +330,17 @@ def test_conv_bn_relu_matches_transformers_conv_layer(kernel_size):
     round_trips(ConvBNReLU(4, kernel_size, name="block"), x)
 
 
+def test_conv_bn_relu_on_a_list_of_maps_convolves_their_channel_concatenation():
+    reference = randomised(modeling_beit.BeitConvLayer(3 * HIDDEN, 16, kernel_size=3, padding=1))
+    parts = random_maps([(5, 6)] * 3)
+    block = ConvBNReLU(16, 3)
+    block.build((1, 5, 6, 3 * HIDDEN))
+    copy_conv_module(block, reference)
+    with torch.no_grad():
+        expected = nhwc(reference(torch.cat([nchw(p) for p in parts], dim=1)))
+    assert max_error(block(parts), expected) <= ATOL
+
+
 def test_every_sublayer_follows_the_heads_dtype_policy():
     policy = "mixed_bfloat16"
     levels = [(1, s, s, 8) for s in (8, 4, 2, 1)]
