@@ -112,6 +112,13 @@ def _imported():
     _MEMORY["import_rss_mb"] = _rss_mb("VmRSS")
 
 
+def _note_peak(key):
+    """Keeps the highest VmHWM seen under `key`: a process may time several things, resetting between them."""
+    peak = _rss_mb("VmHWM")
+    if peak is not None:
+        _MEMORY[key] = max(peak, _MEMORY.get(key, 0.0))
+
+
 def _reset_peak():
     """Restarts the high-water mark, so what follows is measured without compilation's peak."""
     try:
@@ -129,14 +136,14 @@ def _peak_rss_mb():
     does not: a child spawned by a parent that had imported TensorFlow
     reports at least the parent's 870 MB. It is the fallback off Linux only.
     """
-    peaks = [_MEMORY.get("warm_up_peak_rss_mb"), _MEMORY.get("running_peak_rss_mb"), _rss_mb("VmHWM")]
-    peaks = [p for p in peaks if p is not None]
+    # The high-water mark now covers everything since the last reset.
+    peaks = [p for p in (_MEMORY.get("warm_up_peak_rss_mb"), _rss_mb("VmHWM")) if p is not None]
     return max(peaks) if peaks else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _timed(fn, repeats):
     fn()  # warm-up (compilation, caches)
-    _MEMORY["warm_up_peak_rss_mb"] = _rss_mb("VmHWM")
+    _note_peak("warm_up_peak_rss_mb")
     measure_running_peak = _reset_peak()
     times = []
     for _ in range(repeats):
@@ -144,7 +151,7 @@ def _timed(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     if measure_running_peak:
-        _MEMORY["running_peak_rss_mb"] = _rss_mb("VmHWM")
+        _note_peak("running_peak_rss_mb")
     return statistics.median(times)
 
 

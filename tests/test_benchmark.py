@@ -120,3 +120,21 @@ def test_a_transformers_process_loads_no_keras_and_reports_only_its_own_memory()
     assert result["frameworks"] == ["torch", "transformers"]
     assert result["import_rss_mb"] <= result["running_peak_rss_mb"] <= result["peak_rss_mb"] < _resident_mb()
 
+
+
+def test_the_peak_survives_the_resets_between_several_timed_measurements(monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(benchmark, "_MEMORY", {})
+    before = _resident_mb()
+
+    calls = []
+
+    def allocate_400_mb_in_the_warm_up():
+        if not calls:
+            np.ones(400 * 2**20 // 8).sum()  # written, so resident, then freed
+        calls.append(None)
+
+    benchmark._timed(allocate_400_mb_in_the_warm_up, repeats=1)
+    benchmark._timed(lambda: None, repeats=1)  # warms up and resets the high-water mark again
+    assert benchmark._peak_rss_mb() >= before + 390
