@@ -339,6 +339,9 @@ def test_conv_bn_relu_on_a_list_of_maps_convolves_their_channel_concatenation():
     with torch.no_grad():
         expected = nhwc(reference(torch.cat([nchw(p) for p in parts], dim=1)))
     assert max_error(block(parts), expected) <= ATOL
+    # Traced symbolically, the list's channels add up: 3 x 32 in, 16 out.
+    symbolic = block([keras.KerasTensor((2, 5, 6, HIDDEN)) for _ in parts])
+    assert tuple(symbolic.shape) == (2, 5, 6, 16)
 
 
 def test_every_sublayer_follows_the_heads_dtype_policy():
