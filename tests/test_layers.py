@@ -11,6 +11,7 @@ from keras_beit.layers import BEiTBlock
 from keras_beit.layers import BEiTPatchEmbedding
 from keras_beit.layers import BEiTRelativePositionBias
 from keras_beit.layers import DropPath
+from keras_beit.layers import RelativePositionIndex
 from keras_beit.layers import relative_position_index
 from keras_beit.layers.interpolation import resize_grid
 
@@ -81,6 +82,31 @@ def test_relative_position_bias_at_its_own_grid_reads_the_table_unchanged(rng):
     bias = _numpy(layer(np.zeros((1, 12, 12, 3), "float32")))
     index = _numpy(relative_position_index(3, 3))
     np.testing.assert_array_equal(bias[0], np.transpose(table[index], (2, 0, 1)))
+
+
+def test_relative_position_bias_left_unexpanded_is_its_table_plus_the_shared_one(rng):
+    layer = BEiTRelativePositionBias(window_size=(3, 3), num_heads=2, patch_size=4)
+    layer.build()
+    table = rng.normal(size=(28, 2)).astype("float32")
+    shared = rng.normal(size=(28, 2)).astype("float32")
+    layer.relative_position_bias_table.assign(table)
+    rows = _numpy(layer(np.zeros((1, 12, 12, 3), "float32"), shared_bias=shared, expand=False))
+    np.testing.assert_allclose(rows, table + shared, atol=1e-6)
+
+
+def test_relative_position_index_operation_gives_the_index_of_the_images_grid():
+    index = RelativePositionIndex(patch_size=4)(np.zeros((1, 12, 8, 3), "float32"))
+    assert keras.backend.standardize_dtype(index.dtype) == "int32"
+    np.testing.assert_array_equal(_numpy(index), _numpy(relative_position_index(3, 2)))
+
+
+def test_block_given_a_table_and_its_index_uses_the_bias_they_spell(rng):
+    block = BEiTBlock(8, 2, 16, layer_scale_init_value=0.5)
+    x = rng.normal(size=(2, 5, 8)).astype("float32")
+    rows = rng.normal(size=(6, 2)).astype("float32")
+    index = rng.integers(0, 6, size=(5, 5)).astype("int32")
+    spelled = np.transpose(rows[index], (2, 0, 1))[None]
+    np.testing.assert_allclose(_numpy(block(x, bias=(rows, index))), _numpy(block(x, bias=spelled)), atol=1e-6)
 
 
 def test_mask_token_replaces_masked_patches_only(rng):

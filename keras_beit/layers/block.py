@@ -5,6 +5,8 @@ from keras import ops
 
 from keras_beit.layers.attention import BEiTAttention
 from keras_beit.layers.attention import token_rows
+from keras_beit.layers.ordering import computed_after
+from keras_beit.layers.relative_position_bias import expand_table
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -41,12 +43,28 @@ class DropPath(keras.layers.Layer):
         return config
 
 
+def _full_bias(parts, inputs):
+    """The attention bias from a block's bias parts: none, a tensor, or (table, index).
+
+    A table is expanded here, once the block's input exists, and inside any
+    recomputation, so that only the table and index are kept for backward.
+    """
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    rows, index = parts
+    return ops.expand_dims(expand_table(computed_after(rows, inputs), index), 0)
+
+
 @keras.saving.register_keras_serializable(package="keras_beit")
 class BEiTBlock(keras.layers.Layer):
     """x + lambda_1 * Attn(LN(x)), then x + lambda_2 * MLP(LN(x)).
 
     The per-channel layer scales lambda_1 and lambda_2 exist only when
     `layer_scale_init_value > 0`. The MLP uses the exact (erf) GELU.
+    Called with `bias`, a tensor broadcasting to `(batch, heads, tokens,
+    tokens)`, or a pair `(table, index)`: the table from
+    `BEiTRelativePositionBias(..., expand=False)` and the images'
+    `RelativePositionIndex`, expanded to the bias only inside the block.
 
     Args:
         hidden_dim: model width D.
@@ -125,10 +143,14 @@ class BEiTBlock(keras.layers.Layer):
         return layer(x, training=training) if training and layer.rate > 0 else x
 
     def call(self, inputs, bias=None, training=None, return_attention_scores=False):
-        def attend(x, *bias_if_any):
+        # remat passes tensors only, so the bias (none, a tensor, or a table
+        # and its index) travels as a flat list of them.
+        bias_parts = [] if bias is None else list(bias) if isinstance(bias, (tuple, list)) else [bias]
+
+        def attend(x, *parts):
             return self.attention(
                 self.norm_before(x),
-                bias=bias_if_any[0] if bias_if_any else None,
+                bias=_full_bias(parts, x),
                 training=training,
                 return_attention_scores=return_attention_scores,
             )
@@ -141,13 +163,12 @@ class BEiTBlock(keras.layers.Layer):
         # a second draw gives the backward pass other masks than the forward
         # (wrong gradients on tensorflow and torch, a leaked tracer on jax).
         # Dropout and drop path therefore stay outside, and the attention is
-        # recomputed only while its own dropout is off. remat passes tensors
-        # only, hence the bias rides along only when there is one.
+        # recomputed only while its own dropout is off.
         if self.gradient_checkpointing and training:
             mlp = keras.remat(mlp)
             if self.attention.dropout_rate == 0:
                 attend = keras.remat(attend)
-        attended = attend(inputs, *([] if bias is None else [bias]))
+        attended = attend(inputs, *bias_parts)
         if return_attention_scores:
             attended, scores = attended
         attended = self._scale(self._regularise(self.dropout, attended, training), "lambda_1")

@@ -69,7 +69,13 @@ def _index(xp, grid_height, grid_width):
 
 
 def grid_bias(table, window_size, grid_height, grid_width):
-    """The (heads, N + 1, N + 1) bias for a grid, from a table for `window_size`.
+    """The (heads, N + 1, N + 1) bias for a grid, from a table for `window_size`."""
+    rows = grid_table(table, window_size, grid_height, grid_width)
+    return expand_table(rows, _index_for(grid_height, grid_width))
+
+
+def grid_table(table, window_size, grid_height, grid_width):
+    """A table for `window_size`, resized to a grid's `((2h - 1)(2w - 1) + 3, heads)`.
 
     The offset rows are resized bilinearly (align_corners=False) from the
     table's (2Wh - 1, 2Ww - 1) grid, as transformers 5 does; the CLS rows are
@@ -85,12 +91,41 @@ def grid_bias(table, window_size, grid_height, grid_width):
             offsets, 2 * grid_height - 1, 2 * grid_width - 1, "bilinear"
         )
     heads = table.shape[-1]
-    resized = ops.concatenate(
-        [ops.reshape(offsets, (-1, heads)), table[num_offsets:]], axis=0
-    )
+    return ops.concatenate([ops.reshape(offsets, (-1, heads)), table[num_offsets:]], axis=0)
+
+
+def expand_table(rows, index):
+    """The (heads, N + 1, N + 1) bias: a grid's table rows taken at its `relative_position_index`."""
     # Taking rows with the (N + 1, N + 1) index gives (N + 1, N + 1, heads) directly.
-    bias = ops.take(resized, _index_for(grid_height, grid_width), axis=0)
-    return ops.transpose(bias, (2, 0, 1))
+    return ops.transpose(ops.take(rows, index, axis=0), (2, 0, 1))
+
+
+class RelativePositionIndex(keras.Operation):
+    """The images' `relative_position_index`, as one tensor of the model's graph.
+
+    Blocks with their own tables share it. A constant per block would be
+    copied into the graph once per block: on tensorflow, twelve 10 MB
+    constants at 640 x 640 raised the peak memory by about 750 MB.
+    """
+
+    def __init__(self, patch_size, data_format="channels_last", name=None):
+        super().__init__(name=name)
+        self.patch_size = patch_size
+        self.data_format = data_format
+
+    def call(self, images):
+        return ops.convert_to_tensor(_index_for(*image_grid(images, self.patch_size, self.data_format)), "int32")
+
+    def compute_output_spec(self, images):
+        tokens = _tokens(images.shape, self.patch_size, self.data_format)
+        return keras.KerasTensor((tokens, tokens), dtype="int32")
+
+
+def _tokens(images_shape, patch_size, data_format):
+    spatial = spatial_dims(images_shape, data_format)
+    if None in spatial:
+        return None
+    return (spatial[0] // patch_size) * (spatial[1] // patch_size) + 1
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -100,7 +135,13 @@ class BEiTRelativePositionBias(keras.layers.Layer):
     Holds a `((2Wh - 1)(2Ww - 1) + 3, num_heads)` table for the patch grid
     `window_size` it was trained on. Called on the images, it returns the
     additive attention bias `(1, num_heads, N + 1, N + 1)` for their patch
-    grid, resizing the table when the grid differs.
+    grid, resizing the table when the grid differs. With `expand=False` it
+    returns the resized table (`grid_table`) instead, which `BEiTAttention`
+    expands with a `RelativePositionIndex` only while it runs. The backbone
+    hands each block its own table that way: a full bias is 123 MB per block
+    at 640, and every backend would hold all of them at once (Keras'
+    functional model on torch keeps each layer's output to the end of the
+    call; see `computed_after` for the others).
 
     Args:
         window_size: (height, width) of the patch grid the table belongs to.
@@ -126,18 +167,24 @@ class BEiTRelativePositionBias(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, images, shared_bias=None):
-        bias = grid_bias(self.relative_position_bias_table, self.window_size, *image_grid(images, self.patch_size, self.data_format))
-        bias = ops.expand_dims(bias, 0)
+    def call(self, images, shared_bias=None, expand=True):
+        """The bias for the images' grid; `shared_bias`, of the same form, is added."""
+        grid = image_grid(images, self.patch_size, self.data_format)
+        rows = grid_table(self.relative_position_bias_table, self.window_size, *grid)
+        if not expand:
+            return rows if shared_bias is None else rows + shared_bias
+        bias = ops.expand_dims(expand_table(rows, _index_for(*grid)), 0)
         if shared_bias is not None:
             bias = bias + shared_bias
         return bias
 
-    def compute_output_spec(self, images, shared_bias=None):
-        spatial = spatial_dims(images.shape, self.data_format)
-        tokens = None
-        if None not in spatial:
-            tokens = (spatial[0] // self.patch_size) * (spatial[1] // self.patch_size) + 1
+    def compute_output_spec(self, images, shared_bias=None, expand=True):
+        if not expand:
+            spatial = spatial_dims(images.shape, self.data_format)
+            grid = [None if s is None else s // self.patch_size for s in spatial]
+            rows = None if None in grid else (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+            return keras.KerasTensor((rows, self.num_heads), dtype=self.compute_dtype)
+        tokens = _tokens(images.shape, self.patch_size, self.data_format)
         return keras.KerasTensor((1, self.num_heads, tokens, tokens), dtype=self.compute_dtype)
 
     def get_config(self):

@@ -8,7 +8,7 @@ from keras_beit.layers.block import BEiTBlock
 from keras_beit.layers.feature_map import TokensToFeatureMap
 from keras_beit.layers.fpn import BEiTFPNNeck
 from keras_beit.layers.patch_embedding import BEiTPatchEmbedding
-from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias
+from keras_beit.layers.relative_position_bias import BEiTRelativePositionBias, RelativePositionIndex
 from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.tracking import finish_tracking
 
@@ -242,14 +242,21 @@ class BEiTBackbone(FeaturePyramidBackbone):
         """
         x = self.patch_embedding(images, masked_patches=masked_patches)
         x = self.embedding_dropout(x, training=training)
+        # A shared table alone is expanded once for every block. Per-block
+        # tables reach their blocks as resized tables with one index, and are
+        # expanded there: as full biases, they would all be alive at once.
+        per_block = bool(self.relative_position_biases)
         shared = None
         if self.shared_relative_position_bias is not None:
-            shared = self.shared_relative_position_bias(images)
+            shared = self.shared_relative_position_bias(images, expand=not per_block)
+        if per_block:
+            embedding = self.patch_embedding
+            index = RelativePositionIndex(embedding.patch_size, embedding.data_format)(images)
         hidden_states, attention_scores = [x], []
         for i, block in enumerate(self.blocks):
             bias = shared
-            if self.relative_position_biases:
-                bias = self.relative_position_biases[i](images, shared_bias=shared)
+            if per_block:
+                bias = (self.relative_position_biases[i](images, shared_bias=shared, expand=False), index)
             x = block(x, bias=bias, training=training, return_attention_scores=return_attention_scores)
             if return_attention_scores:
                 x, scores = x
