@@ -136,8 +136,8 @@ class BEiTRelativePositionBias(keras.layers.Layer):
     `window_size` it was trained on. Called on the images, it returns the
     additive attention bias `(1, num_heads, N + 1, N + 1)` for their patch
     grid, resizing the table when the grid differs. With `expand=False` it
-    returns the resized table (`grid_table`) instead, which `BEiTAttention`
-    expands with a `RelativePositionIndex` only while it runs. The backbone
+    returns the resized table (`grid_table`) instead, which `BEiTBlock`
+    expands with a `RelativePositionIndex` only as it runs. The backbone
     hands each block its own table that way: a full bias is 123 MB per block
     at 640, and every backend would hold all of them at once (Keras'
     functional model on torch keeps each layer's output to the end of the
