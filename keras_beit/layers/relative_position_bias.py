@@ -68,12 +68,6 @@ def _index(xp, grid_height, grid_width):
     return xp.concatenate([cls_row, body], axis=0)
 
 
-def grid_bias(table, window_size, grid_height, grid_width):
-    """The (heads, N + 1, N + 1) bias for a grid, from a table for `window_size`."""
-    rows = grid_table(table, window_size, grid_height, grid_width)
-    return expand_table(rows, _index_for(grid_height, grid_width))
-
-
 def grid_table(table, window_size, grid_height, grid_width):
     """A table for `window_size`, resized to a grid's `((2h - 1)(2w - 1) + 3, heads)`.
 
@@ -117,15 +111,17 @@ class RelativePositionIndex(keras.Operation):
         return ops.convert_to_tensor(_index_for(*image_grid(images, self.patch_size, self.data_format)), "int32")
 
     def compute_output_spec(self, images):
-        tokens = _tokens(images.shape, self.patch_size, self.data_format)
+        grid = _known_grid(images.shape, self.patch_size, self.data_format)
+        tokens = None if grid is None else grid[0] * grid[1] + 1
         return keras.KerasTensor((tokens, tokens), dtype="int32")
 
 
-def _tokens(images_shape, patch_size, data_format):
+def _known_grid(images_shape, patch_size, data_format):
+    """The patch grid of a symbolic image shape, or None while its size is unknown."""
     spatial = spatial_dims(images_shape, data_format)
     if None in spatial:
         return None
-    return (spatial[0] // patch_size) * (spatial[1] // patch_size) + 1
+    return spatial[0] // patch_size, spatial[1] // patch_size
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -179,12 +175,11 @@ class BEiTRelativePositionBias(keras.layers.Layer):
         return bias
 
     def compute_output_spec(self, images, shared_bias=None, expand=True):
+        grid = _known_grid(images.shape, self.patch_size, self.data_format)
         if not expand:
-            spatial = spatial_dims(images.shape, self.data_format)
-            grid = [None if s is None else s // self.patch_size for s in spatial]
-            rows = None if None in grid else (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+            rows = None if grid is None else num_relative_distances(grid)
             return keras.KerasTensor((rows, self.num_heads), dtype=self.compute_dtype)
-        tokens = _tokens(images.shape, self.patch_size, self.data_format)
+        tokens = None if grid is None else grid[0] * grid[1] + 1
         return keras.KerasTensor((1, self.num_heads, tokens, tokens), dtype=self.compute_dtype)
 
     def get_config(self):
