@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_beit.layers.backward import softmax_keeping_its_output
+
 
 def token_rows(x, features):
     """(batch, tokens, ...) as one (batch * tokens, features) matrix.
@@ -74,19 +76,23 @@ class BEiTAttention(keras.layers.Layer):
             # jax's fused op asks for a float16 matmul with float32 accumulation, which XLA on CPU refuses.
             or keras.backend.standardize_dtype(query.dtype) == "float16"
         )
+        with softmax_keeping_its_output():
+            attended, probs = self._attend(query, key, value, bias, scale, explicit, training)
+        outputs = ops.reshape(self.output_dense(token_rows(attended, self.hidden_dim)), ops.shape(inputs))
+        if return_attention_scores:
+            return outputs, probs
+        return outputs
+
+    def _attend(self, query, key, value, bias, scale, explicit, training):
+        """The attended values, and the probabilities where the explicit path computed them."""
         if explicit:
             logits = ops.einsum("bqhd,bkhd->bhqk", query, key) * ops.cast(scale, query.dtype)
             if bias is not None:
                 logits = logits + bias
             # Softmax in float32, as transformers does, then back to the compute dtype.
             probs = ops.cast(self.softmax(logits), query.dtype)
-            attended = ops.einsum("bhqk,bkhd->bqhd", self.dropout(probs, training=training), value)
-        else:
-            attended = ops.dot_product_attention(query, key, value, bias=bias, scale=scale)
-        outputs = ops.reshape(self.output_dense(token_rows(attended, self.hidden_dim)), ops.shape(inputs))
-        if return_attention_scores:
-            return outputs, probs
-        return outputs
+            return ops.einsum("bhqk,bkhd->bqhd", self.dropout(probs, training=training), value), probs
+        return ops.dot_product_attention(query, key, value, bias=bias, scale=scale), None
 
     def compute_output_spec(self, inputs, bias=None, training=None, return_attention_scores=False):
         outputs = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)

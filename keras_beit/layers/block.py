@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_beit.layers.attention import BEiTAttention
 from keras_beit.layers.attention import token_rows
+from keras_beit.layers.backward import exact_gelu
 from keras_beit.layers.ordering import computed_after
 from keras_beit.layers.relative_position_bias import expand_table
 
@@ -155,9 +156,12 @@ class BEiTBlock(keras.layers.Layer):
                 return_attention_scores=return_attention_scores,
             )
 
+        # Inside a recomputed MLP the GELU keeps nothing anyway.
+        lean_gelu = training and not self.gradient_checkpointing
+
         def mlp(x):
             rows = token_rows(self.norm_after(x), self.hidden_dim)
-            return ops.reshape(self.fc2(keras.activations.gelu(self.fc1(rows), approximate=False)), ops.shape(x))
+            return ops.reshape(self.fc2(exact_gelu(self.fc1(rows), training=lean_gelu)), ops.shape(x))
 
         # Recomputation re-runs what it wraps, so nothing random may sit inside:
         # a second draw gives the backward pass other masks than the forward

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_beit.layers.backward import exact_gelu
 from keras_beit.layers.batch_norm import BatchNormalization
 from keras_beit.layers.conv import Conv2DTranspose
 from keras_beit.layers.layout import channel_axis
@@ -43,7 +44,7 @@ class BEiTFPNNeck(keras.layers.Layer):
     def call(self, maps, training=None):
         first, second, third, fourth = maps
         first = self.fpn1_conv1(first)
-        first = keras.activations.gelu(self.fpn1_norm(first, training=training), approximate=False)
+        first = exact_gelu(self.fpn1_norm(first, training=training), training=training)
         return [self.fpn1_conv2(first), self.fpn2_conv(second), third, self.fpn4_pool(fourth)]
 
     def compute_output_shape(self, maps_shape):
