@@ -3,7 +3,8 @@
 Per block, torch keeps the GELU's input and output (the second matmul needs
 the output) and the attention probabilities once. Each test picks a
 backbone in which one of those tensors outweighs everything else a block
-holds, and bounds what XLA keeps for the whole backward pass.
+holds, and bounds what XLA keeps for the whole backward pass. torch keeps
+no earlier step's gradients while the forward pass runs.
 """
 
 import math
@@ -13,10 +14,14 @@ import numpy as np
 import pytest
 
 from keras_beit import BEiTBackbone
+from keras_beit import BEiTImageClassifier
+from keras_beit import BEiTMaskedImageModeler
 from keras_beit.layers.backward import exact_gelu
 
 BLOCKS, BATCH = 4, 2
 
+tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="reads a traced TensorFlow step")
+torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch keeps gradients on the weights")
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="reads XLA's buffer assignment")
 
 
@@ -70,3 +75,72 @@ def test_xla_keeps_the_attention_probabilities_once_per_block():
     # Plus the block being differentiated: its logits and their gradients.
     # jax's default softmax derivative left XLA keeping three per block (13.3 in all).
     assert _training_step_temp_bytes(backbone) < (BLOCKS + 2.5) * probs_bytes
+
+
+@torch_only
+@pytest.mark.parametrize("task", ["classifier", "masked_image_modeler"])
+def test_a_torch_training_step_frees_the_last_steps_gradients_before_its_forward(task):
+    backbone = _backbone(32, 4, hidden_dim=8, num_heads=2, intermediate_dim=16, use_mask_token=True)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(BATCH, 32, 32, 3)).astype("float32")
+    if task == "classifier":
+        model = BEiTImageClassifier(backbone, num_classes=3)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        y = np.array([0, 2])
+    else:
+        model = BEiTMaskedImageModeler(backbone, vocabulary_size=5)
+        model.compile(optimizer="sgd")
+        mask = np.zeros((BATCH, 64), "bool")
+        mask[:, ::3] = True
+        images = {"images": images, "mask": mask}
+        y = rng.integers(0, 5, size=(BATCH, 64))
+    # The first layer of every forward pass.
+    embedding = backbone.get_layer("patch_embedding")
+    held, call = [], embedding.call
+
+    def call_counting_gradients(*args, **kwargs):
+        held.append(sum(w.value.grad is not None for w in model.trainable_weights))
+        return call(*args, **kwargs)
+
+    embedding.call = call_counting_gradients
+    model.train_on_batch(images, y)
+    assert any(w.value.grad is not None for w in model.trainable_weights)
+    held.clear()
+    model.train_on_batch(images, y)
+    # Keras' own step holds every weight's gradient through the forward pass.
+    assert held and set(held) == {0}
+
+
+@tensorflow_only
+def test_a_tensorflow_step_changes_each_weight_only_after_its_gradient_exists():
+    import tensorflow as tf
+
+    model = BEiTImageClassifier(_backbone(32, 4, hidden_dim=8, num_heads=2, intermediate_dim=16), num_classes=3)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    images, labels = np.zeros((BATCH, 32, 32, 3), "float32"), np.zeros(BATCH, "int32")
+    model.train_on_batch(images, labels)
+    graph = tf.function(model.train_step).get_concrete_function((tf.constant(images), tf.constant(labels))).graph
+    handles = {id(outer): inner for outer, inner in graph.captures}
+
+    def waits_for_a_gradient(op):
+        seen, stack = set(), [op]
+        while stack:
+            current = stack.pop()
+            if current.name.startswith("gradient_tape"):
+                return True
+            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+                if parent.name not in seen:
+                    seen.add(parent.name)
+                    stack.append(parent)
+        return False
+
+    writes = [
+        op
+        for variable in model.trainable_variables
+        for op in handles[id(variable.value.handle)].consumers()
+        if op.type.startswith(("Assign", "ResourceApply"))
+    ]
+    # AdamW writes each weight twice: its decay, then its update. Keras' own
+    # step let every decay run at the start, before the forward pass.
+    assert len(writes) == 2 * len(model.trainable_variables)
+    assert [op.name for op in writes if not waits_for_a_gradient(op)] == []

@@ -12,6 +12,7 @@ from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
 from keras_beit.models.saved_compile import compile_from_saved_config
 from keras_beit.models.tracking import finish_tracking
+from keras_beit.models.train_step import train_step_holding_less
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -34,6 +35,7 @@ class BEiTImageClassifier(ImageClassifier):
 
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
+    train_step = train_step_holding_less
     quantize = quantize_backbone
     compile_from_config = compile_from_saved_config
     preprocessor_cls = BEiTImageClassifierPreprocessor

@@ -1,0 +1,71 @@
+"""Keras' train step, holding less memory at its peak on torch and TensorFlow.
+
+Each backend's step computes the same update as Keras' own; what changes is
+when the optimizer's inputs and outputs exist. Keras runs these steps in a
+per-backend trainer, so this is the one place that asks for the backend.
+"""
+
+import contextlib
+
+import keras
+
+
+def train_step_holding_less(self, *args):
+    """Keras' train step (jax's also takes the state; arguments pass through).
+
+    - torch: Keras runs the model first and clears the last step's gradients
+      afterwards, so those gradients (one float per weight: 346 MB for BEiT-B)
+      are held through the forward pass, when the activations kept for the
+      backward pass are at their largest. transformers' loops and torch's own
+      examples clear them first, as here. Nothing reads them in between.
+    - tensorflow: see `_weight_decay_after_each_gradient`.
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        self.zero_grad(set_to_none=True)
+    ordered = _weight_decay_after_each_gradient(self.optimizer) if backend == "tensorflow" else contextlib.nullcontext()
+    with ordered:
+        return keras.Model.train_step(self, *args)
+
+
+@contextlib.contextmanager
+def _weight_decay_after_each_gradient(optimizer):
+    """Makes each weight's decay, in a traced step, wait for that weight's gradient.
+
+    TensorFlow's executor runs an op as soon as its inputs exist. Keras'
+    weight decay (`w -= w * decay * lr`, before the update) needs nothing but
+    the weight, so every weight's decay ran at the start of the step, while
+    the forward and backward passes still hold the weights they read. For
+    BEiT-B at batch 8 the step's peak was about 310 MB higher with AdamW than
+    with Adam; in this order it is the same. The arithmetic is unchanged.
+    """
+    import tensorflow as tf
+
+    decaying = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+    # Under a distribution strategy, replicas trace the step side by side and
+    # the decay runs in a cross-replica merge: Keras' order is kept there.
+    if getattr(decaying, "weight_decay", None) is None or tf.distribute.has_strategy():
+        yield
+        return
+
+    apply_gradients, apply_weight_decay = optimizer.apply_gradients, decaying._apply_weight_decay
+    gradients = {}
+
+    def apply_gradients_noting_them(grads_and_vars):
+        grads_and_vars = list(grads_and_vars)
+        gradients.update({id(variable): grad for grad, variable in grads_and_vars if grad is not None})
+        return apply_gradients(grads_and_vars)
+
+    def decay_after_its_gradient(variables):
+        if tf.executing_eagerly():  # run_eagerly: ops already run in program order
+            return apply_weight_decay(variables)
+        for variable in variables:
+            grad = gradients.get(id(variable))
+            with tf.control_dependencies([] if grad is None else [grad.op]):
+                apply_weight_decay([variable])
+
+    optimizer.apply_gradients, decaying._apply_weight_decay = apply_gradients_noting_them, decay_after_its_gradient
+    try:
+        yield
+    finally:
+        del optimizer.apply_gradients, decaying._apply_weight_decay
