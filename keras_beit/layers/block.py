@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_beit.layers.attention import BEiTAttention
 from keras_beit.layers.attention import token_rows
-from keras_beit.layers.backward import exact_gelu
+from keras_beit.layers.backward import LayerNormalization, exact_gelu
 from keras_beit.layers.ordering import computed_after
 from keras_beit.layers.relative_position_bias import expand_table
 
@@ -106,13 +106,13 @@ class BEiTBlock(keras.layers.Layer):
         self.attention_dropout_rate = attention_dropout_rate
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = dict(dtype=self.dtype_policy)
-        self.norm_before = keras.layers.LayerNormalization(
+        self.norm_before = LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm_before", **policy
         )
         self.attention = BEiTAttention(
             hidden_dim, num_heads, attention_dropout_rate, name="attention", **policy
         )
-        self.norm_after = keras.layers.LayerNormalization(
+        self.norm_after = LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm_after", **policy
         )
         self.fc1 = keras.layers.Dense(intermediate_dim, name="fc1", **policy)

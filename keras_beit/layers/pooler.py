@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_beit.layers.backward import LayerNormalization
+
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class BEiTPooler(keras.layers.Layer):
@@ -19,7 +21,7 @@ class BEiTPooler(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.norm = None
         if use_mean_pooling:
-            self.norm = keras.layers.LayerNormalization(
+            self.norm = LayerNormalization(
                 epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
             )
 

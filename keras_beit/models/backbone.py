@@ -4,6 +4,7 @@ import keras
 from keras_hub.models import FeaturePyramidBackbone
 from keras_hub.src.utils.keras_utils import standardize_data_format
 
+from keras_beit.layers.backward import LayerNormalization
 from keras_beit.layers.block import BEiTBlock
 from keras_beit.layers.feature_map import TokensToFeatureMap
 from keras_beit.layers.fpn import BEiTFPNNeck
@@ -183,7 +184,7 @@ class BEiTBackbone(FeaturePyramidBackbone):
         self.final_norm = (
             None
             if use_mean_pooling
-            else keras.layers.LayerNormalization(
+            else LayerNormalization(
                 epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
             )
         )

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import Task
 
+from keras_beit.layers.backward import LayerNormalization
 from keras_beit.layers.layout import spatial_dims
 from keras_beit.models.backbone import BEiTBackbone
 from keras_beit.models.label_checks import validated_labels
@@ -48,7 +49,7 @@ class BEiTMaskedImageModeler(Task):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.norm = keras.layers.LayerNormalization(
+        self.norm = LayerNormalization(
             epsilon=backbone.layer_norm_epsilon, dtype=backbone.dtype_policy, name="norm"
         )
         self.lm_head = keras.layers.Dense(
