@@ -52,7 +52,7 @@ def softmax_keeping_its_output():
 def _layer_norm_keeping_its_input(x, gamma, beta, epsilon):
     """LayerNorm over the last axis whose gradient needs x and two numbers per row.
 
-    The forward arithmetic is Keras' (in float32); the backward pass
+    The forward pass is Keras' formula, in float32; the backward pass
     recomputes the normalised input from x instead of keeping it.
     """
 
