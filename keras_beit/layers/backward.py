@@ -24,9 +24,10 @@ def exact_gelu(x, training=None):
 
     jax and TensorFlow differentiate the erf formula term by term and keep
     its intermediates: on jax, four hidden-sized tensors in every block where
-    torch keeps two (x, and the output the next matmul needs). Recomputed from x in the backward pass,
-    the GELU costs a few elementwise passes (no matmul): 444 MB less for
-    BEiT-B at batch 8 on jax, about 400 MB on tensorflow, no slower.
+    torch keeps two (x, and the output the next matmul needs). Recomputed
+    from x in the backward pass, the GELU costs a few elementwise passes (no
+    matmul): 444 MB less for BEiT-B at batch 8 on jax, about 400 MB on
+    tensorflow, no slower.
     """
     return _gelu_from_its_input(x) if training else _gelu(x)
 
@@ -39,8 +40,8 @@ def softmax_keeping_its_output():
     probabilities: three (batch, heads, N, N) tensors per block where torch
     and TensorFlow keep one. jax's own softmax rule, off by default, keeps
     the output alone (342 MB less for BEiT-B at batch 8); the forward
-    arithmetic is the same. Keras exposes neither, so this is the one place
-    that asks for the backend.
+    arithmetic is the same. Keras exposes neither, so the layers ask for the
+    backend here, in this module alone.
     """
     if keras.backend.backend() == "jax":
         import jax

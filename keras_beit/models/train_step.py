@@ -2,7 +2,7 @@
 
 Each backend's step computes the same update as Keras' own; what changes is
 when the optimizer's inputs and outputs exist. Keras runs these steps in a
-per-backend trainer, so this is the one place that asks for the backend.
+per-backend trainer, so the models' training asks for the backend here alone.
 """
 
 import contextlib
@@ -44,7 +44,12 @@ def _weight_decay_after_each_gradient(optimizer):
     decaying = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
     # Under a distribution strategy, replicas trace the step side by side and
     # the decay runs in a cross-replica merge: Keras' order is kept there.
-    if getattr(decaying, "weight_decay", None) is None or tf.distribute.has_strategy():
+    # A Keras without the private decay hook also keeps its own order.
+    if (
+        getattr(decaying, "weight_decay", None) is None
+        or not hasattr(decaying, "_apply_weight_decay")
+        or tf.distribute.has_strategy()
+    ):
         yield
         return
 
