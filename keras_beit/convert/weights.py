@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 
+from keras_beit.layers.heap import release_free_heap
+
 
 def linear(x):
     """PyTorch Linear (out, in) to Keras Dense (in, out)."""
@@ -44,6 +46,12 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model built from it."""
 
 
+def _stand_in(value):
+    """An array of `value`'s shape and dtype that takes no memory: a transform's
+    result shape is known without reading a stored tensor."""
+    return np.broadcast_to(np.zeros((), np.float32 if value.dtype is None else value.dtype), value.shape)
+
+
 def assign(pairs, state, skip=(), allow_unused=None):
     """Copies `state[key]` (transformed) into each `(variable, key, transform)`.
 
@@ -51,25 +59,28 @@ def assign(pairs, state, skip=(), allow_unused=None):
     `allow_unused` (keys that belong to parts of the checkpoint the caller
     chose not to load, such as another task's head). Missing, unexpected and
     mis-shaped keys are collected and reported together, and nothing is
-    assigned unless everything fits.
+    assigned, or read from a `StoredTensor`, unless everything fits. Then
+    each value is read, converted and assigned in turn, so one tensor at a
+    time exists beside the model.
     """
-    missing, misshaped, values = [], [], []
+    missing, misshaped, fitting = [], [], []
     used = set()
     for variable, key, transform in pairs:
         if key not in state:
             missing.append(key)
             continue
         used.add(key)
-        value = np.asarray(state[key])
-        if transform is not None:
-            value = transform(value)
-        if tuple(value.shape) != tuple(variable.shape):
+        value = state[key]
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            value = np.asarray(value)
+        shape = _stand_in(value) if transform is None else transform(_stand_in(value))
+        if tuple(shape.shape) != tuple(variable.shape):
             misshaped.append(
-                f"{key}: checkpoint {tuple(state[key].shape)}, model expects "
+                f"{key}: checkpoint {tuple(value.shape)}, model expects "
                 f"{tuple(variable.shape)} (after conversion)"
             )
             continue
-        values.append((variable, value))
+        fitting.append((variable, key, transform))
     ignored = [re.compile(p) for p in skip] + ([re.compile(allow_unused)] if allow_unused else [])
     unexpected = sorted(
         k for k in state if k not in used and not any(p.search(k) for p in ignored)
@@ -86,5 +97,10 @@ def assign(pairs, state, skip=(), allow_unused=None):
                 if len(keys) > 20:
                     lines[-1] += f", ... ({len(keys) - 20} more)"
         raise CheckpointMismatchError("\n".join(lines))
-    for variable, value in values:
+    for variable, key, transform in fitting:
+        value = np.asarray(state[key])
+        if transform is not None:
+            value = transform(value)
         variable.assign(value.astype(variable.dtype))
+        del value  # so that the trim can return its pages
+        release_free_heap()

@@ -6,6 +6,7 @@ from keras import ops
 from keras_beit.layers.attention import BEiTAttention
 from keras_beit.layers.attention import token_rows
 from keras_beit.layers.backward import LayerNormalization, exact_gelu
+from keras_beit.layers.heap import release_free_heap
 from keras_beit.layers.ordering import computed_after
 from keras_beit.layers.relative_position_bias import expand_table
 
@@ -131,6 +132,13 @@ class BEiTBlock(keras.layers.Layer):
             self.lambda_1 = self.add_weight(name="lambda_1", shape=(self.hidden_dim,), initializer=init)
             self.lambda_2 = self.add_weight(name="lambda_2", shape=(self.hidden_dim,), initializer=init)
         self.built = True
+        release_free_heap()
+
+    def load_own_variables(self, store):
+        # Keras loads a block's own weights before its sublayers', so this
+        # releases what loading the block before left behind.
+        release_free_heap()
+        super().load_own_variables(store)
 
     def _scale(self, x, scale_name):
         if self.layer_scale_init_value > 0:
