@@ -46,6 +46,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes do not fit the model built from it."""
 
 
+_TRIM_EVERY_BYTES = 64 * 2**20
+
+
 def _stand_in(value):
     """An array of `value`'s shape and dtype that takes no memory: a transform's
     result shape is known without reading a stored tensor."""
@@ -97,10 +100,17 @@ def assign(pairs, state, skip=(), allow_unused=None):
                 if len(keys) > 20:
                     lines[-1] += f", ... ({len(keys) - 20} more)"
         raise CheckpointMismatchError("\n".join(lines))
+    since_trim = 0
     for variable, key, transform in fitting:
         value = np.asarray(state[key])
         if transform is not None:
             value = transform(value)
         variable.assign(value.astype(variable.dtype))
+        since_trim += value.nbytes
         del value  # so that the trim can return its pages
-        release_free_heap()
+        # Each trim walks the heap: after every tensor it cost BEiT-L 1.3 s of a
+        # 4 s load, and without any jax's load peaked 490 MB higher.
+        if since_trim >= _TRIM_EVERY_BYTES:
+            release_free_heap()
+            since_trim = 0
+    release_free_heap()
