@@ -42,6 +42,23 @@ def test_a_safetensors_state_dict_is_read_when_used(checkpoint):
     assert sorted(state) == sorted(saved)
 
 
+def test_a_state_dict_read_from_a_relative_path_is_read_from_the_same_file_after_a_chdir(checkpoint, monkeypatch):
+    monkeypatch.chdir(checkpoint.parent)
+    state = read_state_dict(checkpoint.name)
+    monkeypatch.chdir("/")
+    assert np.asarray(state["beit.embeddings.cls_token"]).shape == (1, 1, 32)
+
+
+def test_bfloat16_tensors_are_stored_as_ml_dtypes_bfloat16(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.tensor([1.5, -2.0, 3.0], dtype=torch.bfloat16)}, os.path.join(tmp_path, "model.safetensors"))
+    stored = read_state_dict(str(tmp_path))["w"]
+    assert stored.dtype == np.dtype("bfloat16") and stored.shape == (3,)
+    np.testing.assert_array_equal(np.asarray(stored).astype("float32"), [1.5, -2.0, 3.0])
+
+
 def test_a_checkpoint_that_does_not_fit_is_refused_before_any_tensor_is_read(checkpoint):
     model = BEiTImageClassifier.from_preset(str(checkpoint), num_classes=7, load_weights=False)
     state = read_state_dict(str(checkpoint))

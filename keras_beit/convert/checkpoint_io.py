@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -10,11 +11,12 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_FILE = "pytorch_model.bin"
 
 
-# safetensors' dtype names; numpy has no bfloat16, so such a tensor is left to
-# the library's own error when it is read.
+# safetensors' dtype names. bfloat16 is ml_dtypes' (a Keras dependency), as
+# safetensors reads it; a type missing here (float8) is left as None.
 _SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
 }
 
 
@@ -51,6 +53,7 @@ class StoredTensor:
 def _read_safetensors(path):
     from safetensors import safe_open
 
+    path = os.path.abspath(path)  # read later, perhaps from another working directory
     with safe_open(path, framework="numpy") as f:
         tensors = {}
         for key in f.keys():

@@ -140,12 +140,12 @@ def resize_relative_position_table(table, src_window, dst_window, method="geomet
     _check_method(method)
     offsets, cls_rows = _split_table(table, src_window)
     if tuple(src_window) == tuple(dst_window):
-        return np.asarray(table)
+        return np.concatenate([offsets.reshape(-1, offsets.shape[-1]), cls_rows], axis=0)
     if method == "bilinear":
         resized = _uniform_grid(offsets, *_offset_sides(dst_window), "bilinear")
     else:
         resized = _geometric_grid(offsets, dst_window, linear=method == "geometric_linear")
-    resized = resized.reshape(-1, offsets.shape[-1]).astype(np.asarray(table).dtype)
+    resized = resized.reshape(-1, offsets.shape[-1]).astype(offsets.dtype)
     return np.concatenate([resized, cls_rows], axis=0)
 
 

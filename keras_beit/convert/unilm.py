@@ -271,7 +271,7 @@ def expand_shared_table(state, num_layers):
     state = dict(state)
     table = state.pop(SHARED_TABLE)
     for i in range(num_layers):
-        state[f"blocks.{i}.attn.{TABLE_SUFFIX}"] = np.array(table)
+        state[f"blocks.{i}.attn.{TABLE_SUFFIX}"] = table  # assigned (and read) once per block
     return state
 
 

@@ -50,9 +50,9 @@ _TRIM_EVERY_BYTES = 64 * 2**20
 
 
 def _stand_in(value):
-    """An array of `value`'s shape and dtype that takes no memory: a transform's
-    result shape is known without reading a stored tensor."""
-    return np.broadcast_to(np.zeros((), np.float32 if value.dtype is None else value.dtype), value.shape)
+    """An array of `value`'s shape that takes no memory: a transform's result
+    shape is known without reading a stored tensor (transforms only reshape)."""
+    return np.broadcast_to(np.float32(0), tuple(value.shape))
 
 
 def assign(pairs, state, skip=(), allow_unused=None):
@@ -74,7 +74,7 @@ def assign(pairs, state, skip=(), allow_unused=None):
             continue
         used.add(key)
         value = state[key]
-        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        if not hasattr(value, "shape"):
             value = np.asarray(value)
         shape = _stand_in(value) if transform is None else transform(_stand_in(value))
         if tuple(shape.shape) != tuple(variable.shape):
@@ -100,9 +100,13 @@ def assign(pairs, state, skip=(), allow_unused=None):
                 if len(keys) > 20:
                     lines[-1] += f", ... ({len(keys) - 20} more)"
         raise CheckpointMismatchError("\n".join(lines))
-    since_trim = 0
+    since_trim, read_key, read = 0, None, None
     for variable, key, transform in fitting:
-        value = np.asarray(state[key])
+        # A fused qkv weight feeds three variables in a row: it is read once.
+        if key != read_key:
+            read_key, read = key, None
+            read = np.asarray(state[key])
+        value = read
         if transform is not None:
             value = transform(value)
         variable.assign(value.astype(variable.dtype))
