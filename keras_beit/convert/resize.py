@@ -138,14 +138,15 @@ def _uniform_grid(grid, out_rows, out_cols, method):
 def resize_relative_position_table(table, src_window, dst_window, method="geometric"):
     """A `((2h - 1)(2w - 1) + 3, heads)` table for `src_window` resized to `dst_window`."""
     _check_method(method)
+    table = np.asarray(table)  # read once, when it is a stored tensor
     offsets, cls_rows = _split_table(table, src_window)
     if tuple(src_window) == tuple(dst_window):
-        return np.concatenate([offsets.reshape(-1, offsets.shape[-1]), cls_rows], axis=0)
+        return table
     if method == "bilinear":
         resized = _uniform_grid(offsets, *_offset_sides(dst_window), "bilinear")
     else:
         resized = _geometric_grid(offsets, dst_window, linear=method == "geometric_linear")
-    resized = resized.reshape(-1, offsets.shape[-1]).astype(offsets.dtype)
+    resized = resized.reshape(-1, offsets.shape[-1]).astype(table.dtype)
     return np.concatenate([resized, cls_rows], axis=0)
 
 
