@@ -4,7 +4,8 @@ Per block, torch keeps the GELU's input and output (the second matmul needs
 the output) and the attention probabilities once. Each test picks a
 backbone in which one of those tensors outweighs everything else a block
 holds, and bounds what XLA keeps for the whole backward pass. torch keeps
-no earlier step's gradients while the forward pass runs.
+no earlier step's gradients while the forward pass runs, and TensorFlow
+traces a training step once.
 """
 
 import math
@@ -148,23 +149,27 @@ def test_xla_keeps_the_attention_probabilities_once_per_block():
     assert _training_step_temp_bytes(backbone) < (BLOCKS + 2.5) * probs_bytes
 
 
-@torch_only
-@pytest.mark.parametrize("task", ["classifier", "masked_image_modeler"])
-def test_a_torch_training_step_frees_the_last_steps_gradients_before_its_forward(task):
+def _tiny_task(task, optimizer):
+    """A compiled tiny classifier or masked image modeler, with a batch for it."""
     backbone = _backbone(32, 4, hidden_dim=8, num_heads=2, intermediate_dim=16, use_mask_token=True)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(BATCH, 32, 32, 3)).astype("float32")
     if task == "classifier":
         model = BEiTImageClassifier(backbone, num_classes=3)
-        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        y = np.array([0, 2])
-    else:
-        model = BEiTMaskedImageModeler(backbone, vocabulary_size=5)
-        model.compile(optimizer="sgd")
-        mask = np.zeros((BATCH, 64), "bool")
-        mask[:, ::3] = True
-        images = {"images": images, "mask": mask}
-        y = rng.integers(0, 5, size=(BATCH, 64))
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+        return model, images, np.array([0, 2])
+    model = BEiTMaskedImageModeler(backbone, vocabulary_size=5)
+    model.compile(optimizer=optimizer)
+    mask = np.zeros((BATCH, 64), "bool")
+    mask[:, ::3] = True
+    return model, {"images": images, "mask": mask}, rng.integers(0, 5, size=(BATCH, 64))
+
+
+@torch_only
+@pytest.mark.parametrize("task", ["classifier", "masked_image_modeler"])
+def test_a_torch_training_step_frees_the_last_steps_gradients_before_its_forward(task):
+    model, images, y = _tiny_task(task, "sgd")
+    backbone = model.backbone
     # The first layer of every forward pass.
     embedding = backbone.get_layer("patch_embedding")
     held, call = [], embedding.call
@@ -215,3 +220,21 @@ def test_a_tensorflow_step_changes_each_weight_only_after_its_gradient_exists():
     # step let every decay run at the start, before the forward pass.
     assert len(writes) == 2 * len(model.trainable_variables)
     assert [op.name for op in writes if not waits_for_a_gradient(op)] == []
+
+
+@tensorflow_only
+@pytest.mark.parametrize("task", ["classifier", "masked_image_modeler"])
+def test_a_tensorflow_training_step_is_traced_once(task):
+    model, images, y = _tiny_task(task, keras.optimizers.AdamW(1e-3))
+    traces, step = [], model.train_step
+
+    def step_counting_traces(data):
+        traces.append(data)
+        return step(data)
+
+    model.train_step = step_counting_traces
+    for _ in range(3):
+        model.train_on_batch(images, y)
+    # Keras left the optimizer to build in the first trace; a step that makes
+    # variables is traced again without them, and TensorFlow kept both.
+    assert len(traces) == 1

@@ -19,7 +19,7 @@ from keras_beit.models.quantization import quantize_backbone
 from keras_beit.models.saved_compile import compile_from_saved_config
 from keras_beit.models.segmentation_metrics import BEiTMeanIoU
 from keras_beit.models.tracking import finish_tracking
-from keras_beit.models.train_step import train_step_holding_less
+from keras_beit.models.train_step import make_train_function_with_built_optimizer, train_step_holding_less
 
 
 def _as_label_map(labels, data_format="channels_last"):
@@ -122,6 +122,7 @@ class BEiTImageSegmenter(ImageSegmenter):
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
     train_step = train_step_holding_less
+    make_train_function = make_train_function_with_built_optimizer
     quantize = quantize_backbone
     compile_from_config = compile_from_saved_config
     preprocessor_cls = BEiTImageSegmenterPreprocessor

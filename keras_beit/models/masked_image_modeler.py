@@ -13,7 +13,7 @@ from keras_beit.models.preset_loading import routed_from_preset
 from keras_beit.models.quantization import quantize_backbone
 from keras_beit.models.saved_compile import compile_from_saved_config
 from keras_beit.models.tracking import finish_tracking
-from keras_beit.models.train_step import train_step_holding_less
+from keras_beit.models.train_step import make_train_function_with_built_optimizer, train_step_holding_less
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -37,6 +37,7 @@ class BEiTMaskedImageModeler(Task):
     backbone_cls = BEiTBackbone
     from_preset = routed_from_preset
     train_step = train_step_holding_less
+    make_train_function = make_train_function_with_built_optimizer
     quantize = quantize_backbone
     compile_from_config = compile_from_saved_config
     preprocessor_cls = None

@@ -28,6 +28,22 @@ def train_step_holding_less(self, *args):
         return keras.Model.train_step(self, *args)
 
 
+def make_train_function_with_built_optimizer(self, force=False):
+    """Keras' `make_train_function`, with the optimizer's variables made first.
+
+    Keras on TensorFlow without a distribution strategy leaves the optimizer
+    to build itself inside the first traced step. A step that creates
+    variables is traced twice, once creating them and once without, and both
+    graphs stay instantiated: for BEiT-B at batch 8 with AdamW every later
+    step peaked about 280 MB higher (3078 MB above the imports against 2801).
+    Keras builds it here itself under a strategy, after `compile_from_config`,
+    and on jax and torch, on the same variables the step would pass it.
+    """
+    if self.optimizer is not None and not self.optimizer.built and self.built:
+        self.optimizer.build(self.trainable_variables)
+    return keras.Model.make_train_function(self, force=force)
+
+
 @contextlib.contextmanager
 def _weight_decay_after_each_gradient(optimizer):
     """Makes each weight's decay, in a traced step, wait for that weight's gradient.
