@@ -2,9 +2,13 @@
 
 import json
 import os
+import zipfile
 
 import ml_dtypes
 import numpy as np
+
+from keras_beit.layers.heap import file_mapping
+from keras_beit.layers.heap import release_mapped_pages
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -50,6 +54,56 @@ class StoredTensor:
         return f"StoredTensor({self.key!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+class MappedTensor:
+    """One tensor of a torch zip checkpoint, mapped from the file and copied out when used as an array.
+
+    `torch.load(mmap=True)` maps the file rather than reading it, so a pickled
+    checkpoint, like a safetensors file, costs the model and one tensor. A
+    mapped page stays resident once read, until the whole file is unmapped,
+    so each tensor's pages are dropped as soon as its copy exists (a tensor
+    used again is read from the file again). bfloat16 is read as float32.
+    """
+
+    __slots__ = ("tensor", "mapping")
+
+    def __init__(self, tensor, mapping):
+        self.tensor, self.mapping = tensor, mapping
+
+    @property
+    def shape(self):
+        return tuple(self.tensor.shape)
+
+    @property
+    def ndim(self):
+        return self.tensor.dim()
+
+    @property
+    def dtype(self):
+        name = str(self.tensor.dtype).removeprefix("torch.")
+        return np.dtype("float32" if name == "bfloat16" else name)
+
+    def __array__(self, dtype=None, copy=None):
+        import torch
+
+        tensor = self.tensor
+        value = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy().copy()
+        storage = tensor.untyped_storage()
+        release_mapped_pages(storage.data_ptr(), storage.nbytes(), self.mapping)
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def __repr__(self):
+        return f"MappedTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+def _mapped(structure, mapping):
+    """The unpickled structure with each tensor in it wrapped as a `MappedTensor`."""
+    if isinstance(structure, dict):
+        return {key: _mapped(value, mapping) for key, value in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(_mapped(value, mapping) for value in structure)
+    return MappedTensor(structure, mapping) if hasattr(structure, "untyped_storage") else structure
+
+
 def _read_safetensors(path):
     from safetensors import safe_open
 
@@ -67,7 +121,9 @@ def read_pickled_state_dict(path):
     """Loads a torch pickle with `weights_only=True`: tensors and plain containers only.
 
     A pickle that would import or call anything else is refused by torch's
-    restricted unpickler before any of it runs.
+    restricted unpickler before any of it runs. A zip checkpoint (what
+    `torch.save` has written since torch 1.6) is mapped, its tensors as
+    `MappedTensor`s; an older file is read whole, as torch tensors.
     """
     try:
         import torch
@@ -77,6 +133,9 @@ def read_pickled_state_dict(path):
             "torch, or convert the checkpoint to safetensors."
         ) from error
     try:
+        if zipfile.is_zipfile(path):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return _mapped(checkpoint, file_mapping(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError and others
         raise ValueError(
@@ -87,9 +146,12 @@ def read_pickled_state_dict(path):
 
 
 def to_numpy(tensors):
-    """A flat {name: np.ndarray} from torch tensors or numpy arrays."""
+    """A flat {name: array} from torch tensors or numpy arrays; `MappedTensor`s stay as they are."""
     out = {}
     for name, value in tensors.items():
+        if isinstance(value, MappedTensor):
+            out[name] = value
+            continue
         if hasattr(value, "detach"):
             value = value.detach().cpu()
             if str(value.dtype) == "torch.bfloat16":
@@ -101,7 +163,7 @@ def to_numpy(tensors):
 
 def read_state_dict(directory):
     """All tensors of a transformers-style model directory: `StoredTensor`s from
-    safetensors files, numpy arrays from a pickle (which is read whole)."""
+    safetensors files, `MappedTensor`s from a zip pickle."""
     single = os.path.join(directory, SAFETENSORS_FILE)
     index = os.path.join(directory, SAFETENSORS_INDEX)
     if os.path.exists(single):

@@ -43,6 +43,7 @@ from keras_hub.models import ImageSegmenterPreprocessor
 from keras_hub.src.utils.preset_utils import PREPROCESSOR_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import PresetLoader
 
+from keras_beit.convert.checkpoint_io import MappedTensor
 from keras_beit.convert.checkpoint_io import read_pickled_state_dict
 from keras_beit.convert.checkpoint_io import to_numpy
 from keras_beit.convert.layout import SettledLayout
@@ -197,7 +198,7 @@ def read_original_file(path):
 
 def tensors_only(state):
     """The array entries of a state dict, as numpy."""
-    return to_numpy({k: v for k, v in state.items() if hasattr(v, "detach") or isinstance(v, np.ndarray)})
+    return to_numpy({k: v for k, v in state.items() if hasattr(v, "detach") or isinstance(v, (np.ndarray, MappedTensor))})
 
 
 def read_checkpoint(path):
