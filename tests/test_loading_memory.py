@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import weakref
+import zipfile
 
 import keras
 import numpy as np
@@ -61,20 +62,64 @@ def test_bfloat16_tensors_are_stored_as_ml_dtypes_bfloat16(tmp_path):
     np.testing.assert_array_equal(np.asarray(stored).astype("float32"), [1.5, -2.0, 3.0])
 
 
-def test_a_zip_pickle_is_mapped_and_each_tensor_read_when_used(tmp_path):
+def test_a_zip_pickles_tensors_are_mapped_with_their_shapes_and_dtypes(tmp_path):
     import torch
 
     path = str(tmp_path / "checkpoint.pth")
-    weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    torch.save({"model": {"w": weight, "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}, "epoch": 99}, path)
+    torch.save({"model": {"w": torch.zeros(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16)}, "epoch": 99}, path)
     checkpoint = read_pickled_state_dict(path)
-    stored = checkpoint["model"]["w"]
-    assert isinstance(stored, MappedTensor) and stored.shape == (3, 4) and stored.dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(stored), weight.numpy())
-    np.testing.assert_array_equal(np.asarray(stored), weight.numpy())  # read again after its pages were dropped
-    assert checkpoint["model"]["b"].dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(checkpoint["model"]["b"]), [1.5, -2.0])
+    weight, bias = checkpoint["model"]["w"], checkpoint["model"]["b"]
+    assert isinstance(weight, MappedTensor) and weight.shape == (3, 4) and weight.dtype == np.float32
+    assert isinstance(bias, MappedTensor) and bias.shape == (2,) and bias.dtype == np.float32  # bfloat16, as float32
     assert checkpoint["epoch"] == 99
+
+
+def test_a_mapped_tensor_reads_the_same_values_every_time(tmp_path):
+    import torch
+
+    path = str(tmp_path / "checkpoint.pth")
+    weight = torch.arange(4096 * 3, dtype=torch.float32).reshape(3, 4096)  # 48 KB: whole pages are dropped
+    torch.save({"w": weight, "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}, path)
+    state = read_pickled_state_dict(path)
+    for _ in range(2):
+        np.testing.assert_array_equal(np.asarray(state["w"]), weight.numpy())
+        np.testing.assert_array_equal(np.asarray(state["b"]), [1.5, -2.0])
+
+
+def _with_byte_order(path, order, into):
+    """A copy of a torch zip file as a machine of `order` would have written it: swapped bytes, its byteorder record."""
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(into, "w", zipfile.ZIP_STORED) as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("/byteorder"):
+                data = order.encode()
+            elif "/data/" in name:
+                data = np.frombuffer(data, "<f4").byteswap().tobytes()
+            target.writestr(name, data)
+    return str(into)
+
+
+def test_a_pickle_written_in_the_other_byte_order_reads_the_same_values_every_time(tmp_path):
+    import torch
+
+    weight = torch.arange(4096 * 3, dtype=torch.float32).reshape(3, 4096)
+    torch.save({"w": weight}, tmp_path / "little.pth")
+    swapped = _with_byte_order(tmp_path / "little.pth", "big", tmp_path / "big.pth")
+    state = read_pickled_state_dict(swapped)
+    for _ in range(2):  # torch swaps the bytes in place; dropping those pages would bring the file's back
+        np.testing.assert_array_equal(np.asarray(state["w"]), weight.numpy())
+
+
+def test_a_zip_pickle_with_compressed_entries_is_read_whole(tmp_path):
+    import torch
+
+    torch.save({"w": torch.ones(2, 3)}, tmp_path / "stored.pth")
+    with zipfile.ZipFile(tmp_path / "stored.pth") as source:
+        with zipfile.ZipFile(tmp_path / "deflated.pth", "w", zipfile.ZIP_DEFLATED) as target:
+            for name in source.namelist():
+                target.writestr(name, source.read(name))
+    stored = read_pickled_state_dict(str(tmp_path / "deflated.pth"))["w"]
+    np.testing.assert_array_equal(np.asarray(stored), np.ones((2, 3)))
 
 
 def test_a_pickle_older_than_torch_1_6s_zip_format_is_read_whole(tmp_path):
@@ -89,12 +134,12 @@ def test_a_pickle_older_than_torch_1_6s_zip_format_is_read_whole(tmp_path):
 
 def _resident_mb_of_mapping(path):
     """Rss of this process's mappings of the file at `path`, from /proc/self/smaps."""
-    total, inside = 0, False
+    total, inside, real = 0, False, os.path.realpath(path)
     with open("/proc/self/smaps") as f:
         for line in f:
-            fields = line.split()
+            fields = line.split(maxsplit=5)
             if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-                inside = fields[-1] == path
+                inside = len(fields) == 6 and fields[5].rstrip("\n") == real
             elif inside and fields[0] == "Rss:":
                 total += int(fields[1])
     return total / 1024

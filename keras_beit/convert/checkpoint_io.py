@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import zipfile
 
 import ml_dtypes
@@ -62,6 +63,8 @@ class MappedTensor:
     mapped page stays resident once read, until the whole file is unmapped,
     so each tensor's pages are dropped as soon as its copy exists (a tensor
     used again is read from the file again). bfloat16 is read as float32.
+    The mapping is private: a write to `tensor` would be undone by the drop,
+    so nothing writes to it.
     """
 
     __slots__ = ("tensor", "mapping")
@@ -123,7 +126,7 @@ def read_pickled_state_dict(path):
     A pickle that would import or call anything else is refused by torch's
     restricted unpickler before any of it runs. A zip checkpoint (what
     `torch.save` has written since torch 1.6) is mapped, its tensors as
-    `MappedTensor`s; an older file is read whole, as torch tensors.
+    `MappedTensor`s; a file torch cannot map is read whole, as torch tensors.
     """
     try:
         import torch
@@ -133,9 +136,13 @@ def read_pickled_state_dict(path):
             "torch, or convert the checkpoint to safetensors."
         ) from error
     try:
-        if zipfile.is_zipfile(path):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return _mapped(checkpoint, file_mapping(path))
+        if _mappable(path):
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # a file torch reads but cannot map: read whole
+                pass
+            else:
+                return _mapped(checkpoint, file_mapping(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError and others
         raise ValueError(
@@ -143,6 +150,24 @@ def read_pickled_state_dict(path):
             f"be read without running code ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''})."
         ) from error
+
+
+def _mappable(path):
+    """Whether `path` is a zip checkpoint whose tensors torch maps as they are in the file.
+
+    torch maps a compressed entry's bytes as if they were the tensor's
+    (`torch.save` never compresses; a zip tool may). The mapping is private
+    and writable: torch byte-swaps a file written on a machine of the other
+    byte order in place, and dropping those pages would bring back the
+    unswapped bytes.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        if any(entry.compress_type != zipfile.ZIP_STORED for entry in archive.infolist()):
+            return False
+        orders = [name for name in archive.namelist() if name.endswith("/byteorder")]
+        return all(archive.read(name).decode().strip() == sys.byteorder for name in orders)
 
 
 def to_numpy(tensors):

@@ -26,7 +26,7 @@ def _linux_c_function(name, *argtypes):
 
 _MALLOC_TRIM = _linux_c_function("malloc_trim", ctypes.c_size_t)
 _MADVISE = _linux_c_function("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_MADV_DONTNEED = 4
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 
 
 def release_free_heap():
@@ -65,14 +65,14 @@ def file_mapping(path):
 def release_mapped_pages(address, nbytes, mapping):
     """Drops the whole pages of [address, address + nbytes) from this process, if `mapping` holds them.
 
-    `mapping` is `file_mapping(path)` of a read-only, private mapping of a
-    file (`torch.load(mmap=True)`): there a dropped page is read back from
-    the file when it is used again. Anonymous memory would be zeroed
-    instead, so a range outside the mapping is left alone.
+    `mapping` is `file_mapping(path)` of a private mapping of a file
+    (`torch.load(mmap=True)`) that nothing has written to: there a dropped
+    page is read back from the file when it is used again. Anonymous memory
+    would be zeroed instead, so a range outside the mapping is left alone.
     """
     page = mmap.PAGESIZE
     start = -(-address // page) * page
     end = (address + nbytes) // page * page
     inside = any(low <= address and address + nbytes <= high for low, high in mapping)
-    if _MADVISE is not None and inside and end > start:
+    if _MADVISE is not None and _MADV_DONTNEED is not None and inside and end > start:
         _MADVISE(start, end - start, _MADV_DONTNEED)
