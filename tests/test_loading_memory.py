@@ -86,14 +86,14 @@ def test_a_mapped_tensor_reads_the_same_values_every_time(tmp_path):
         np.testing.assert_array_equal(np.asarray(state["b"]), [1.5, -2.0])
 
 
-def _with_byte_order(path, order, into):
-    """A copy of a torch zip file as a machine of `order` would have written it: swapped bytes, its byteorder record."""
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(into, "w", zipfile.ZIP_STORED) as target:
+def _rewritten(path, into, compression=zipfile.ZIP_STORED, byte_order=None):
+    """A copy of a torch zip file, its entries compressed, or as a machine of `byte_order` would have written it."""
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(into, "w", compression) as target:
         for name in source.namelist():
             data = source.read(name)
-            if name.endswith("/byteorder"):
-                data = order.encode()
-            elif "/data/" in name:
+            if byte_order and name.endswith("/byteorder"):
+                data = byte_order.encode()
+            elif byte_order and "/data/" in name:
                 data = np.frombuffer(data, "<f4").byteswap().tobytes()
             target.writestr(name, data)
     return str(into)
@@ -104,7 +104,7 @@ def test_a_pickle_written_in_the_other_byte_order_reads_the_same_values_every_ti
 
     weight = torch.arange(4096 * 3, dtype=torch.float32).reshape(3, 4096)
     torch.save({"w": weight}, tmp_path / "little.pth")
-    swapped = _with_byte_order(tmp_path / "little.pth", "big", tmp_path / "big.pth")
+    swapped = _rewritten(tmp_path / "little.pth", tmp_path / "big.pth", byte_order="big")
     state = read_pickled_state_dict(swapped)
     for _ in range(2):  # torch swaps the bytes in place; dropping those pages would bring the file's back
         np.testing.assert_array_equal(np.asarray(state["w"]), weight.numpy())
@@ -114,11 +114,8 @@ def test_a_zip_pickle_with_compressed_entries_is_read_whole(tmp_path):
     import torch
 
     torch.save({"w": torch.ones(2, 3)}, tmp_path / "stored.pth")
-    with zipfile.ZipFile(tmp_path / "stored.pth") as source:
-        with zipfile.ZipFile(tmp_path / "deflated.pth", "w", zipfile.ZIP_DEFLATED) as target:
-            for name in source.namelist():
-                target.writestr(name, source.read(name))
-    stored = read_pickled_state_dict(str(tmp_path / "deflated.pth"))["w"]
+    deflated = _rewritten(tmp_path / "stored.pth", tmp_path / "deflated.pth", compression=zipfile.ZIP_DEFLATED)
+    stored = read_pickled_state_dict(deflated)["w"]
     np.testing.assert_array_equal(np.asarray(stored), np.ones((2, 3)))
 
 
@@ -166,7 +163,7 @@ def test_memory_outside_the_files_mapping_is_never_dropped(tmp_path):
     mapping = read_pickled_state_dict(path)["w"].mapping
     ordinary = MappedTensor(torch.full((1024, 1024), 2.0), mapping)  # 4 MB the allocator maps, not the file
     np.asarray(ordinary)
-    assert np.asarray(ordinary).min() == 2.0  # dropped, anonymous pages read back as zeros
+    assert np.asarray(ordinary).min() == 2.0  # anonymous pages, had they been dropped, would read back as zeros
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_before_any_tensor_is_read(checkpoint):
@@ -196,15 +193,20 @@ def test_loading_a_checkpoint_keeps_one_stored_tensor_alive_at_a_time(checkpoint
     assert len(model.weights) > 30
 
 
-# BEiT-L's width: Keras' torch initializers leave one hole per weight that
-# glibc kept resident (1.41x the weights for these twelve blocks, 1.10x now).
-_BUILD = textwrap.dedent(
+# The high-water mark of resident memory, for the fresh processes below.
+_PEAK_MB = textwrap.dedent(
     """
-    import keras_beit
-
     def peak_mb():
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    """
+)
+
+# BEiT-L's width: Keras' torch initializers leave one hole per weight that
+# glibc kept resident (1.41x the weights for these twelve blocks, 1.10x now).
+_BUILD = _PEAK_MB + textwrap.dedent(
+    """
+    import keras_beit
 
     def build(width, layers):
         return keras_beit.BEiTBackbone(
@@ -235,15 +237,11 @@ def test_building_a_model_holds_little_beyond_its_weights():
 
 # Each fresh process loads a tiny checkpoint of the same format first, so
 # that what it measures is the one load.
-_LOAD = textwrap.dedent(
+_LOAD = _PEAK_MB + textwrap.dedent(
     """
     import sys
     import keras_beit
     import torch  # reads the pickle; its import is no part of the load
-
-    def peak_mb():
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
     keras_beit.BEiTImageClassifier.from_preset(sys.argv[1])
     before = peak_mb()

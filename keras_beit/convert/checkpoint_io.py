@@ -139,7 +139,7 @@ def read_pickled_state_dict(path):
         if _mappable(path):
             try:
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # a file torch reads but cannot map: read whole
+            except Exception:  # not mappable after all; the whole read below loads it or gives torch's refusal
                 pass
             else:
                 return _mapped(checkpoint, file_mapping(path))
