@@ -4,8 +4,8 @@ Per block, torch keeps the GELU's input and output (the second matmul needs
 the output) and the attention probabilities once. Each test picks a
 backbone in which one of those tensors outweighs everything else a block
 holds, and bounds what XLA keeps for the whole backward pass. torch keeps
-no earlier step's gradients while the forward pass runs, and TensorFlow
-traces a training step once.
+no earlier step's gradients while the forward pass runs and updates a few
+weights at a time, and TensorFlow traces a training step once.
 """
 
 import math
@@ -185,6 +185,73 @@ def test_a_torch_training_step_frees_the_last_steps_gradients_before_its_forward
     model.train_on_batch(images, y)
     # Keras' own step holds every weight's gradient through the forward pass.
     assert held and set(held) == {0}
+
+
+def _square_roots_taken(monkeypatch):
+    """The bytes of every list `torch._foreach_sqrt` is given, call by call."""
+    import torch
+
+    calls, sqrt = [], torch._foreach_sqrt
+
+    def sqrt_noting_its_input(tensors):
+        calls.append(sum(t.nbytes for t in tensors))
+        return sqrt(tensors)
+
+    monkeypatch.setattr(torch, "_foreach_sqrt", sqrt_noting_its_input)
+    return calls
+
+
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(1e-2),
+    "adamw": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.5),
+    "loss_scaled_adamw": lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.AdamW(1e-2)),
+}
+
+
+@torch_only
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_a_torch_adam_step_takes_square_roots_of_a_few_weights_at_a_time(optimizer, monkeypatch):
+    from keras_beit.models import train_step
+
+    monkeypatch.setattr(train_step, "ADAM_GROUP_BYTES", 1024)
+    model, images, y = _tiny_task("classifier", OPTIMIZERS[optimizer]())
+    calls = _square_roots_taken(monkeypatch)
+    model.train_on_batch(images, y)
+    learned = [w.value for w in model.trainable_weights if w.value.grad is not None]  # not the mask token
+    largest = max(w.nbytes for w in learned)
+    # Keras' own update takes one square root of every second moment at once.
+    assert sum(calls) == sum(w.nbytes for w in learned)
+    assert len(calls) > 1 and max(calls) <= max(1024, largest)
+
+
+@torch_only
+def test_a_torch_nadam_step_keeps_keras_update_whole(monkeypatch):
+    model, images, y = _tiny_task("classifier", keras.optimizers.Nadam(1e-2))
+    calls = _square_roots_taken(monkeypatch)
+    model.train_on_batch(images, y)
+    # Nadam advances a product of its momentum schedule once per update call.
+    assert calls == [sum(w.value.nbytes for w in model.trainable_weights if w.value.grad is not None)]
+
+
+@torch_only
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_a_torch_adam_step_in_groups_moves_every_weight_as_keras_own_step(optimizer, monkeypatch):
+    import types
+
+    from keras_beit.models import train_step
+
+    monkeypatch.setattr(train_step, "ADAM_GROUP_BYTES", 1024)
+    trained = []
+    for step in ("grouped", "keras"):
+        keras.utils.set_random_seed(0)
+        model, images, y = _tiny_task("classifier", OPTIMIZERS[optimizer]())
+        if step == "keras":
+            model.train_step = types.MethodType(keras.Model.train_step, model)
+        for _ in range(3):
+            model.train_on_batch(images, y)
+        trained.append([keras.ops.convert_to_numpy(w.value) for w in model.trainable_weights])
+    for grouped, own in zip(*trained):
+        np.testing.assert_array_equal(grouped, own)
 
 
 @tensorflow_only

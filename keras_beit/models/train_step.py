@@ -18,12 +18,17 @@ def train_step_holding_less(self, *args):
       are held through the forward pass, when the activations kept for the
       backward pass are at their largest. transformers' loops and torch's own
       examples clear them first, as here. Nothing reads them in between.
+      Its Adam update is also made in groups: see `_adam_update_in_groups`.
     - tensorflow: see `_weight_decay_after_each_gradient`.
     """
     backend = keras.backend.backend()
     if backend == "torch":
         self.zero_grad(set_to_none=True)
-    ordered = _weight_decay_after_each_gradient(self.optimizer) if backend == "tensorflow" else contextlib.nullcontext()
+        ordered = _adam_update_in_groups(self.optimizer)
+    elif backend == "tensorflow":
+        ordered = _weight_decay_after_each_gradient(self.optimizer)
+    else:
+        ordered = contextlib.nullcontext()
     with ordered:
         return keras.Model.train_step(self, *args)
 
@@ -92,3 +97,52 @@ def _weight_decay_after_each_gradient(optimizer):
         yield
     finally:
         del optimizer.apply_gradients, decaying._apply_weight_decay
+
+
+# Three temporaries of this size exist at once in a group's update.
+ADAM_GROUP_BYTES = 16 * 2**20
+
+
+@contextlib.contextmanager
+def _adam_update_in_groups(optimizer):
+    """Makes Keras' torch Adam and AdamW update a few weights at a time.
+
+    Keras updates every weight in one run of `torch._foreach_*` calls, and
+    the ones that return new tensors (`g * g`, `m * alpha`, `sqrt(v) + eps`,
+    their quotient) each make a whole model's worth: for BEiT-B about three
+    copies of its 346 MB of weights at the step's end, where torch.optim's
+    AdamW on CPU goes one weight at a time. Each group here gets the same
+    per-weight arithmetic, from the same step count (Keras increments it
+    after the update), so the update is unchanged. Only optimizers that use
+    Keras' own Adam update are grouped: Nadam's, for one, keeps a running
+    product that must advance once per step.
+    """
+    updating = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+    try:
+        from keras.src.backend.torch.optimizers.torch_adam import Adam
+    except ImportError:  # a Keras laid out otherwise keeps its own update
+        yield
+        return
+    if getattr(type(updating), "_parallel_update_step", None) is not Adam._parallel_update_step:
+        yield
+        return
+
+    update = updating._parallel_update_step
+
+    def update_in_groups(grads, variables, learning_rate):
+        # The step's learning rate is cast to the first weight's dtype.
+        if len({variable.dtype for variable in variables}) > 1:
+            return update(grads, variables, learning_rate)
+        start, size = 0, 0
+        for end, grad in enumerate(grads):
+            if size and size + grad.nbytes > ADAM_GROUP_BYTES:
+                update(grads[start:end], variables[start:end], learning_rate)
+                start, size = end, 0
+            size += grad.nbytes
+        update(grads[start:], variables[start:], learning_rate)
+
+    updating._parallel_update_step = update_in_groups
+    try:
+        yield
+    finally:
+        del updating._parallel_update_step
