@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_beit.layers.backward import softmax_keeping_its_output
+from keras_beit.layers.projection import Projection
 
 
 def token_rows(x, features):
@@ -48,10 +49,10 @@ class BEiTAttention(keras.layers.Layer):
         self.head_dim = hidden_dim // num_heads
         self.dropout_rate = dropout_rate
         dense = dict(dtype=self.dtype_policy)
-        self.query = keras.layers.Dense(hidden_dim, name="query", **dense)
-        self.key = keras.layers.Dense(hidden_dim, use_bias=False, name="key", **dense)
-        self.value = keras.layers.Dense(hidden_dim, name="value", **dense)
-        self.output_dense = keras.layers.Dense(hidden_dim, name="output_dense", **dense)
+        self.query = Projection(hidden_dim, name="query", **dense)
+        self.key = Projection(hidden_dim, use_bias=False, name="key", **dense)
+        self.value = Projection(hidden_dim, name="value", **dense)
+        self.output_dense = Projection(hidden_dim, name="output_dense", **dense)
         self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
         self.softmax = keras.layers.Softmax(dtype="float32")
 

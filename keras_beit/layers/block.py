@@ -8,6 +8,7 @@ from keras_beit.layers.attention import token_rows
 from keras_beit.layers.backward import LayerNormalization, exact_gelu
 from keras_beit.layers.heap import release_free_heap
 from keras_beit.layers.ordering import computed_after
+from keras_beit.layers.projection import Projection
 from keras_beit.layers.relative_position_bias import expand_table
 
 
@@ -116,8 +117,8 @@ class BEiTBlock(keras.layers.Layer):
         self.norm_after = LayerNormalization(
             epsilon=layer_norm_epsilon, name="norm_after", **policy
         )
-        self.fc1 = keras.layers.Dense(intermediate_dim, name="fc1", **policy)
-        self.fc2 = keras.layers.Dense(hidden_dim, name="fc2", **policy)
+        self.fc1 = Projection(intermediate_dim, name="fc1", **policy)
+        self.fc2 = Projection(hidden_dim, name="fc2", **policy)
         self.dropout = keras.layers.Dropout(dropout_rate, **policy)
         self.drop_path = DropPath(drop_path_rate, **policy)
 
