@@ -39,9 +39,8 @@ def test_projection_under_mixed_bfloat16_computes_in_bfloat16(rng):
     )
 
 
-@torch_only
-def test_projection_of_rows_is_one_addmm_on_torch(rng):
-    import torch
+def _torch_ops_of(layer, inputs):
+    """The aten ops a call dispatches, by name."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class RecordOps(TorchDispatchMode):
@@ -53,12 +52,20 @@ def test_projection_of_rows_is_one_addmm_on_torch(rng):
             self.ops.append(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 
-    layer, _, _ = _projection(rng, (6, 4))
-    x = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
     with RecordOps() as recorded:
-        layer(x)
-    assert "addmm" in recorded.ops
-    assert not {"mm", "matmul", "add"} & set(recorded.ops)
+        layer(inputs)
+    return set(recorded.ops)
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_projection_of_rows_is_one_addmm_on_torch(dtype, rng):
+    import torch
+
+    layer, _, _ = _projection(rng, (6, 4), dtype=dtype)
+    recorded = _torch_ops_of(layer, torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32))
+    assert "addmm" in recorded
+    assert not {"mm", "matmul", "add"} & recorded
 
 
 @torch_only
