@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_beit.layers.backward import softmax_keeping_its_output
 from keras_beit.layers.projection import Projection
+from keras_beit.layers.sublayer import call_sublayer
 
 
 def token_rows(x, features):
@@ -65,7 +66,7 @@ class BEiTAttention(keras.layers.Layer):
         batch, tokens = ops.shape(inputs)[0], ops.shape(inputs)[1]
         rows = token_rows(inputs, self.hidden_dim)
         query, key, value = (
-            ops.reshape(f(rows), (batch, tokens, self.num_heads, self.head_dim))
+            ops.reshape(call_sublayer(f, rows), (batch, tokens, self.num_heads, self.head_dim))
             for f in (self.query, self.key, self.value)
         )
         scale = self.head_dim**-0.5
@@ -79,7 +80,9 @@ class BEiTAttention(keras.layers.Layer):
         )
         with softmax_keeping_its_output():
             attended, probs = self._attend(query, key, value, bias, scale, explicit, training)
-        outputs = ops.reshape(self.output_dense(token_rows(attended, self.hidden_dim)), ops.shape(inputs))
+        outputs = ops.reshape(
+            call_sublayer(self.output_dense, token_rows(attended, self.hidden_dim)), ops.shape(inputs)
+        )
         if return_attention_scores:
             return outputs, probs
         return outputs

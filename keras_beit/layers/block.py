@@ -10,6 +10,7 @@ from keras_beit.layers.heap import release_free_heap
 from keras_beit.layers.ordering import computed_after
 from keras_beit.layers.projection import Projection
 from keras_beit.layers.relative_position_bias import expand_table
+from keras_beit.layers.sublayer import call_sublayer
 
 
 @keras.saving.register_keras_serializable(package="keras_beit")
@@ -158,8 +159,9 @@ class BEiTBlock(keras.layers.Layer):
         bias_parts = [] if bias is None else list(bias) if isinstance(bias, (tuple, list)) else [bias]
 
         def attend(x, *parts):
-            return self.attention(
-                self.norm_before(x),
+            return call_sublayer(
+                self.attention,
+                call_sublayer(self.norm_before, x, training=training),
                 bias=_full_bias(parts, x),
                 training=training,
                 return_attention_scores=return_attention_scores,
@@ -169,8 +171,9 @@ class BEiTBlock(keras.layers.Layer):
         lean_gelu = training and not self.gradient_checkpointing
 
         def mlp(x):
-            rows = token_rows(self.norm_after(x), self.hidden_dim)
-            return ops.reshape(self.fc2(exact_gelu(self.fc1(rows), training=lean_gelu)), ops.shape(x))
+            rows = token_rows(call_sublayer(self.norm_after, x, training=training), self.hidden_dim)
+            hidden = exact_gelu(call_sublayer(self.fc1, rows), training=lean_gelu)
+            return ops.reshape(call_sublayer(self.fc2, hidden), ops.shape(x))
 
         # Recomputation re-runs what it wraps, so nothing random may sit inside:
         # a second draw gives the backward pass other masks than the forward

@@ -1,0 +1,104 @@
+"""A block's sublayers skip Keras' Layer.__call__ unless it would change what they compute."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_beit.layers import sublayer
+from keras_beit.layers.block import BEiTBlock
+from keras_beit.layers.sublayer import call_sublayer
+
+
+@pytest.fixture
+def keras_calls(monkeypatch):
+    """The names of the layers whose Layer.__call__ runs, in order."""
+    names = []
+    original = keras.layers.Layer.__call__
+
+    def counting(self, *args, **kwargs):
+        names.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", counting)
+    return names
+
+
+@pytest.fixture
+def policy(request):
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy("float32")
+
+
+def _block(rng):
+    block = BEiTBlock(8, 2, 16, name="block")
+    block.build((1, 5, 8))
+    block.set_weights([rng.normal(size=w.shape).astype("float32") for w in block.get_weights()])
+    return block, rng.normal(size=(1, 5, 8)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        ("float32", ["block"]),
+        # LayerNormalization opts out of autocasting, so only Layer.__call__ can lift the block's bfloat16 scope.
+        ("mixed_bfloat16", ["block", "norm_before", "norm_after"]),
+    ],
+    indirect=["policy"],
+)
+def test_block_calls_through_keras_only_what_needs_it(policy, expected, keras_calls, rng):
+    block, x = _block(rng)
+    keras_calls.clear()
+    block(x)
+    assert keras_calls == expected
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"], indirect=True)
+def test_block_outputs_are_those_of_calling_every_sublayer_through_keras(policy, monkeypatch, rng):
+    block, x = _block(rng)
+    direct = keras.ops.convert_to_numpy(keras.ops.cast(block(x), "float32"))
+    monkeypatch.setattr(sublayer, "_runs_as_is", lambda layer, inputs: False)
+    through_keras = keras.ops.convert_to_numpy(keras.ops.cast(block(x), "float32"))
+    np.testing.assert_array_equal(direct, through_keras)
+
+
+def _dense(rng):
+    dense = keras.layers.Dense(3, name="dense")
+    dense.build((2, 4))
+    return dense, rng.normal(size=(2, 4))
+
+
+def test_an_input_of_another_dtype_is_cast_by_keras(keras_calls, rng):
+    dense, x = _dense(rng)
+    outputs = call_sublayer(dense, keras.ops.convert_to_tensor(x, "float16"))
+    assert keras_calls == ["dense"]
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
+
+
+def test_a_symbolic_input_gives_a_symbolic_output():
+    dense = keras.layers.Dense(3)
+    outputs = call_sublayer(dense, keras.Input((4,)))
+    assert isinstance(outputs, keras.KerasTensor)
+    assert outputs.shape == (None, 3)
+
+
+def test_an_unbuilt_layer_is_built_by_keras(keras_calls, rng):
+    outputs = call_sublayer(keras.layers.Dense(3, name="dense"), rng.normal(size=(2, 4)).astype("float32"))
+    assert keras_calls == ["dense"]
+    assert tuple(outputs.shape) == (2, 3)
+
+
+def test_a_quantized_layer_runs_keras_quantized_call(keras_calls, rng):
+    dense, x = _dense(rng)
+    dense.quantize("int8")
+    call_sublayer(dense, x.astype("float32"))
+    assert keras_calls == ["dense"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="forward hooks are torch modules'")
+def test_a_torch_forward_hook_still_fires(rng):
+    dense, x = _dense(rng)
+    seen = []
+    dense.register_forward_hook(lambda module, args, outputs: seen.append(tuple(outputs.shape)))
+    call_sublayer(dense, x.astype("float32"))
+    assert seen == [(2, 3)]
