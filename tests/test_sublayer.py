@@ -75,11 +75,12 @@ def test_an_input_of_another_dtype_is_cast_by_keras(keras_calls, rng):
     assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
 
 
-def test_a_symbolic_input_gives_a_symbolic_output():
-    dense = keras.layers.Dense(3)
-    outputs = call_sublayer(dense, keras.Input((4,)))
-    assert isinstance(outputs, keras.KerasTensor)
+def test_a_symbolic_call_is_recorded_in_the_functional_graph(rng):
+    dense, _ = _dense(rng)
+    inputs = keras.Input((4,))
+    outputs = call_sublayer(dense, inputs)
     assert outputs.shape == (None, 3)
+    assert keras.Model(inputs, outputs).layers[1] is dense
 
 
 def test_an_unbuilt_layer_is_built_by_keras(keras_calls, rng):
@@ -95,10 +96,39 @@ def test_a_quantized_layer_runs_keras_quantized_call(keras_calls, rng):
     assert keras_calls == ["dense"]
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="forward hooks are torch modules'")
+torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="module hooks are torch's")
+
+
+@torch_only
 def test_a_torch_forward_hook_still_fires(rng):
     dense, x = _dense(rng)
     seen = []
     dense.register_forward_hook(lambda module, args, outputs: seen.append(tuple(outputs.shape)))
-    call_sublayer(dense, x.astype("float32"))
+    call_sublayer(dense, keras.ops.convert_to_tensor(x, "float32"))
     assert seen == [(2, 3)]
+
+
+@torch_only
+def test_a_torch_backward_hook_on_a_projection_still_fires(rng):
+    import torch
+
+    block, x = _block(rng)
+    seen = []
+    block.attention.query.register_full_backward_hook(lambda module, grad_in, grad_out: seen.append(module.name))
+    torch.sum(block(x)).backward()
+    assert seen == ["query"]
+
+
+@torch_only
+def test_a_global_torch_forward_hook_sees_every_sublayer(rng):
+    import torch
+
+    block, x = _block(rng)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, outputs: seen.append(module.name))
+    try:
+        block(x)
+    finally:
+        handle.remove()
+    expected = ["norm_before", "query", "key", "value", "output_dense", "attention", "norm_after", "fc1", "fc2", "block"]
+    assert seen == expected

@@ -3,9 +3,9 @@
 import keras
 
 try:
-    from keras.src.backend import get_autocast_scope
-except ImportError:  # a Keras without it takes Layer.__call__ every time
-    get_autocast_scope = None
+    from keras.src.backend import get_autocast_scope, get_keras_mask
+except ImportError:  # a Keras without them takes Layer.__call__ every time
+    get_autocast_scope = get_keras_mask = None
 
 
 def _keeps_autocast_scope(layer):
@@ -16,18 +16,28 @@ def _keeps_autocast_scope(layer):
     return layer.autocast and scope.dtype == layer.compute_dtype
 
 
+def _has_torch_hooks(layer):
+    # torch.nn.Module.__call__ runs these; a direct call would skip them.
+    if keras.backend.backend() != "torch":
+        return False
+    from torch.nn.modules import module
+
+    own = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    shared = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+    return any(getattr(layer, name) for name in own) or any(getattr(module, name, None) for name in shared)
+
+
 def _runs_as_is(layer, inputs):
     return (
         get_autocast_scope is not None
         and layer.built
-        and not isinstance(inputs, keras.KerasTensor)
-        and getattr(inputs, "_keras_mask", None) is None
+        and keras.ops.is_tensor(inputs)
+        and get_keras_mask(inputs) is None
         and keras.backend.standardize_dtype(inputs.dtype) == layer.input_dtype
         and layer.quantization_mode is None
         and getattr(layer, "_remat_mode", None) is None
         and layer.activity_regularizer is None
-        and not getattr(layer, "_forward_hooks", None)
-        and not getattr(layer, "_forward_pre_hooks", None)
+        and not _has_torch_hooks(layer)
         and keras.distribution.distribution() is None
         and _keeps_autocast_scope(layer)
     )
@@ -41,8 +51,10 @@ def call_sublayer(layer, inputs, **kwargs):
     Layer.__call__ then only re-derives that, at a cost of about 0.1 ms of
     Python per call on eager torch, where it is paid on every step: BEiT-B
     makes nine such calls per block. Whatever __call__ would change (a
-    symbolic input, another dtype, a mask, quantization, remat, hooks, a
-    distribution, a different autocast scope) goes through __call__.
+    symbolic or non-tensor input, another dtype, a mask, quantization,
+    remat, torch module hooks, a distribution, a different autocast scope)
+    goes through __call__. What is lost is the sublayer's name scope, which
+    only names ops in traces and profiles.
     """
     if _runs_as_is(layer, inputs):
         return layer.call(inputs, **kwargs)
