@@ -84,7 +84,8 @@ def test_a_symbolic_call_is_recorded_in_the_functional_graph(rng):
 
 
 def test_an_unbuilt_layer_is_built_by_keras(keras_calls, rng):
-    outputs = call_sublayer(keras.layers.Dense(3, name="dense"), rng.normal(size=(2, 4)).astype("float32"))
+    x = keras.ops.convert_to_tensor(rng.normal(size=(2, 4)), "float32")
+    outputs = call_sublayer(keras.layers.Dense(3, name="dense"), x)
     assert keras_calls == ["dense"]
     assert tuple(outputs.shape) == (2, 3)
 
@@ -92,7 +93,7 @@ def test_an_unbuilt_layer_is_built_by_keras(keras_calls, rng):
 def test_a_quantized_layer_runs_keras_quantized_call(keras_calls, rng):
     dense, x = _dense(rng)
     dense.quantize("int8")
-    call_sublayer(dense, x.astype("float32"))
+    call_sublayer(dense, keras.ops.convert_to_tensor(x, "float32"))
     assert keras_calls == ["dense"]
 
 

@@ -16,15 +16,21 @@ def _keeps_autocast_scope(layer):
     return layer.autocast and scope.dtype == layer.compute_dtype
 
 
-def _has_torch_hooks(layer):
-    # torch.nn.Module.__call__ runs these; a direct call would skip them.
-    if keras.backend.backend() != "torch":
-        return False
-    from torch.nn.modules import module
+# torch.nn.Module.__call__ runs these hooks; a direct call would skip them.
+_OWN_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = tuple(f"_global{name}" for name in _OWN_HOOKS)
+if keras.backend.backend() == "torch":
+    from torch.nn.modules import module as _torch_module
+else:
+    _torch_module = None
 
-    own = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    shared = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
-    return any(getattr(layer, name) for name in own) or any(getattr(module, name, None) for name in shared)
+
+def _has_torch_hooks(layer):
+    if _torch_module is None:
+        return False
+    return any(getattr(layer, name) for name in _OWN_HOOKS) or any(
+        getattr(_torch_module, name, None) for name in _GLOBAL_HOOKS
+    )
 
 
 def _runs_as_is(layer, inputs):
