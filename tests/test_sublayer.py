@@ -97,6 +97,41 @@ def test_a_quantized_layer_runs_keras_quantized_call(keras_calls, rng):
     assert keras_calls == ["dense"]
 
 
+
+def test_a_masked_input_keeps_its_mask_through_keras(keras_calls, rng):
+    from keras.src.backend import get_keras_mask, set_keras_mask
+
+    dense, x = _dense(rng)
+    x = keras.ops.convert_to_tensor(x, "float32")
+    set_keras_mask(x, keras.ops.convert_to_tensor([True, False]))
+    outputs = call_sublayer(dense, x)
+    assert keras_calls == ["dense"]
+    assert keras.ops.convert_to_numpy(get_keras_mask(outputs)).tolist() == [True, False]
+
+
+def test_an_activity_regularizer_adds_its_loss(keras_calls, rng):
+    dense = keras.layers.Dense(3, activity_regularizer="l2", name="dense")
+    dense.build((2, 4))
+    call_sublayer(dense, keras.ops.convert_to_tensor(rng.normal(size=(2, 4)), "float32"))
+    assert keras_calls == ["dense"]
+    assert len(dense.losses) == 1
+
+
+def test_a_layer_built_under_a_remat_scope_is_rematerialised_by_keras(keras_calls, rng):
+    with keras.RematScope(mode="full"):
+        dense = keras.layers.Dense(3, name="dense")
+    dense.build((2, 4))
+    call_sublayer(dense, keras.ops.convert_to_tensor(rng.normal(size=(2, 4)), "float32"))
+    assert keras_calls == ["dense"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="Keras' distribution API runs on jax")
+def test_a_layer_under_a_distribution_is_called_by_keras(keras_calls, rng):
+    dense, x = _dense(rng)
+    with keras.distribution.DataParallel().scope():
+        call_sublayer(dense, keras.ops.convert_to_tensor(x, "float32"))
+    assert keras_calls == ["dense"]
+
 torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="module hooks are torch's")
 
 
