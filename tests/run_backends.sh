@@ -6,7 +6,11 @@
 # process keeps only about 1.2 of the 2 CI cores busy (XLA and tf.function
 # compile on one thread, and tiny test models leave the matmul threads idle), so
 # the streams fill each other's gaps: about 15 minutes instead of 22 on 2 cores.
-# BEIT_TEST_STREAMS=1 runs the three backends one after another.
+# Side by side, each stream's math libraries get one thread: torch's OpenMP
+# threads spin while they wait, and with the other stream on the second core a
+# small torch training step ran 3 to 8 times slower.
+# BEIT_TEST_STREAMS=1 runs the three backends one after another, with the
+# libraries' own thread counts.
 set -u
 python=${PYTHON:-python}
 logs=$(mktemp -d)
@@ -24,6 +28,8 @@ run_backend() {
 if [ "${BEIT_TEST_STREAMS:-2}" = 1 ]; then
     for backend in tensorflow jax torch; do run_backend "$backend" "$@"; done
 else
+    export OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
+    export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     run_backend jax "$@" &
     jax_stream=$!
     run_backend tensorflow "$@"
