@@ -5,7 +5,7 @@
 # Two streams run side by side: jax alone, and tensorflow then torch. A pytest
 # process keeps only about 1.2 of the 2 CI cores busy (XLA and tf.function
 # compile on one thread, and tiny test models leave the matmul threads idle), so
-# the streams fill each other's gaps: about 15 minutes instead of 22 on 2 cores.
+# the streams fill each other's gaps (12.6 minutes for .ci/run on 2 cores, 2026-12-04).
 # Side by side, each stream's math libraries get one thread: torch's OpenMP
 # threads spin while they wait, and with the other stream on the second core a
 # small torch training step ran 3 to 8 times slower.
