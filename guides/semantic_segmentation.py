@@ -6,11 +6,11 @@ overlay PNG next to the input.
 By default this loads `beit_base_patch16_640_ade20k` (BEiT-B/16 + UperNet,
 53.6 mIoU on ADE20K, converted from the Hugging Face hub on first use) and
 segments `--image` (or a generated scene). With `--offline`, no weights are
-downloaded: a small BEiT segmenter is trained for three epochs (48 steps;
-a few seconds after compiling; about 0.99 pixel accuracy on the scene below) on generated
-scenes (discs and squares on a textured background) and used instead, so
-the overlay still shows a real, learned segmentation. The guide always
-prints which weights it used.
+downloaded: a small BEiT segmenter is trained for three epochs (48 steps,
+a few seconds once compiled) on generated scenes (discs and squares on a
+textured background) and used instead, so the overlay still shows a real,
+learned segmentation: about 0.99 pixel accuracy on the guide's own scene.
+The guide always prints which weights it used.
 
     KERAS_BACKEND=jax python guides/semantic_segmentation.py [--preset P] [--image PATH] [--offline]
 """

@@ -5,10 +5,10 @@
 # Two streams run side by side: jax alone, and tensorflow then torch. A pytest
 # process keeps only about 1.2 of the 2 CI cores busy (XLA and tf.function
 # compile on one thread, and tiny test models leave the matmul threads idle), so
-# the streams fill each other's gaps (12.6 minutes for .ci/run on 2 cores, 2026-12-04).
-# Side by side, each stream's math libraries get one thread: torch's OpenMP
-# threads spin while they wait, and with the other stream on the second core a
-# small torch training step ran 3 to 8 times slower.
+# the streams fill each other's gaps (13 to 15 minutes for .ci/run on 2 cores,
+# 2026-12-04). Side by side, each stream's math libraries get one thread:
+# torch's OpenMP threads spin while they wait, and with the other stream on the
+# second core a small torch fit ran 3.8 times slower on torch's 2 threads.
 # BEIT_TEST_STREAMS=1 runs the three backends one after another, with the
 # libraries' own thread counts.
 set -u
