@@ -4,6 +4,10 @@ This is PyTorch's own layout, so every expected value below is transformers' out
 as it comes, with no transpose.
 """
 
+import json
+import os
+import subprocess
+import sys
 import types
 
 import keras
@@ -172,3 +176,16 @@ def test_asking_a_saved_preset_for_another_layout_says_where_data_format_applies
 
 def test_segmentation_loss_follows_the_configured_default(channels_first_default):
     assert keras_beit.BEiTSegmentationLoss().data_format == "channels_first"
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="oneDNN's switch belongs to tensorflow")
+def test_tensorflow_convolves_channels_first_on_a_cpu_without_onednn():
+    # With oneDNN's ops off (AVX2 machines, or TF_ENABLE_ONEDNN_OPTS=0) TensorFlow's CPU Conv2D and
+    # its transpose refuse NCHW inputs; the switch is read when TensorFlow is imported.
+    script = os.path.join(os.path.dirname(__file__), "scripts", "channels_first_convolutions.py")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"Conv2D", "Conv2DTranspose", "ConvBNReLU parts"}
+    assert max(errors.values()) < 1e-4, errors

@@ -1,14 +1,30 @@
-"""Keras' Conv2D and Conv2DTranspose, with a channels-first bias that is right on tensorflow.
+"""Keras' Conv2D and Conv2DTranspose, with channels first made right on tensorflow.
 
-Keras' tensorflow `add` turns `outputs + bias` into `tf.nn.bias_add` and guesses
-the channel axis from the shapes: a (1, C, 1, 1) bias is added along the last axis
-whenever the width also equals C (keras 3.15, keras/src/backend/tensorflow/numpy.py).
-With the bias as the first operand that guess is not made. Channels-last layers
-keep Keras' own path.
+Two tensorflow faults, both on the channels-first path only:
+- Keras' tensorflow `add` turns `outputs + bias` into `tf.nn.bias_add` and guesses
+  the channel axis from the shapes: a (1, C, 1, 1) bias is added along the last
+  axis whenever the width also equals C (keras 3.15,
+  keras/src/backend/tensorflow/numpy.py). With the bias as the first operand that
+  guess is not made.
+- TensorFlow's CPU kernels for Conv2D and its transpose refuse NCHW ("only
+  supports the NHWC tensor format on the CPU") unless oneDNN's ops are on, which
+  TensorFlow 2.21 decides from the CPU (on for AVX-512 machines, off for AVX2
+  ones) and TF_ENABLE_ONEDNN_OPTS; Keras passes NCHW straight through. On
+  tensorflow a channels-first convolution therefore runs channels last between
+  two transposes, whatever the CPU. torch and jax take NCHW natively (on torch it
+  is the faster layout), so they keep Keras' own call.
+Channels-last layers keep Keras' own path everywhere.
 """
 
 import keras
 from keras import ops
+
+_TO_CHANNELS_LAST = (0, 2, 3, 1)
+_TO_CHANNELS_FIRST = (0, 3, 1, 2)
+
+
+def _runs_channels_last(data_format):
+    return data_format == "channels_first" and keras.config.backend() == "tensorflow"
 
 
 def _add_bias_first(layer, outputs):
@@ -19,6 +35,19 @@ def _add_bias_first(layer, outputs):
 
 @keras.saving.register_keras_serializable(package="keras_beit")
 class Conv2D(keras.layers.Conv2D):
+    def convolution_op(self, inputs, kernel):
+        if not _runs_channels_last(self.data_format):
+            return super().convolution_op(inputs, kernel)
+        outputs = ops.conv(
+            ops.transpose(inputs, _TO_CHANNELS_LAST),
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format="channels_last",
+        )
+        return ops.transpose(outputs, _TO_CHANNELS_FIRST)
+
     def call(self, inputs):
         if self.data_format == "channels_last":
             return super().call(inputs)
@@ -30,13 +59,16 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
     def call(self, inputs):
         if self.data_format == "channels_last":
             return super().call(inputs)
+        transposed = _runs_channels_last(self.data_format)
         outputs = ops.conv_transpose(
-            inputs,
+            ops.transpose(inputs, _TO_CHANNELS_LAST) if transposed else inputs,
             self.kernel,
             strides=list(self.strides),
             padding=self.padding,
             output_padding=self.output_padding,
             dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            data_format="channels_last" if transposed else self.data_format,
         )
+        if transposed:
+            outputs = ops.transpose(outputs, _TO_CHANNELS_FIRST)
         return _add_bias_first(self, outputs)

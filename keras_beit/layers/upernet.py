@@ -31,7 +31,7 @@ class ConvBNReLU(keras.layers.Layer):
         self.filters = filters
         self.kernel_size = kernel_size
         self.data_format = data_format
-        self.conv = keras.layers.Conv2D(
+        self.conv = Conv2D(
             filters, kernel_size, padding="same", use_bias=False, data_format=data_format, name="conv",
             dtype=self.dtype_policy,
         )
