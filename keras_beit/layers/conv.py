@@ -23,8 +23,11 @@ _TO_CHANNELS_LAST = (0, 2, 3, 1)
 _TO_CHANNELS_FIRST = (0, 3, 1, 2)
 
 
-def _runs_channels_last(data_format):
-    return data_format == "channels_first" and keras.config.backend() == "tensorflow"
+def _convolve(convolve, inputs, data_format):
+    """`convolve(inputs, data_format)`, on tensorflow through channels last for channels-first inputs."""
+    if data_format == "channels_first" and keras.config.backend() == "tensorflow":
+        return ops.transpose(convolve(ops.transpose(inputs, _TO_CHANNELS_LAST), "channels_last"), _TO_CHANNELS_FIRST)
+    return convolve(inputs, data_format)
 
 
 def _add_bias_first(layer, outputs):
@@ -36,17 +39,13 @@ def _add_bias_first(layer, outputs):
 @keras.saving.register_keras_serializable(package="keras_beit")
 class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
-        if not _runs_channels_last(self.data_format):
-            return super().convolution_op(inputs, kernel)
-        outputs = ops.conv(
-            ops.transpose(inputs, _TO_CHANNELS_LAST),
-            kernel,
-            strides=list(self.strides),
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format="channels_last",
-        )
-        return ops.transpose(outputs, _TO_CHANNELS_FIRST)
+        def convolve(x, data_format):
+            return ops.conv(
+                x, kernel, strides=list(self.strides), padding=self.padding, dilation_rate=self.dilation_rate,
+                data_format=data_format,
+            )
+
+        return _convolve(convolve, inputs, self.data_format)
 
     def call(self, inputs):
         if self.data_format == "channels_last":
@@ -59,16 +58,12 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
     def call(self, inputs):
         if self.data_format == "channels_last":
             return super().call(inputs)
-        transposed = _runs_channels_last(self.data_format)
-        outputs = ops.conv_transpose(
-            ops.transpose(inputs, _TO_CHANNELS_LAST) if transposed else inputs,
-            self.kernel,
-            strides=list(self.strides),
-            padding=self.padding,
-            output_padding=self.output_padding,
-            dilation_rate=self.dilation_rate,
-            data_format="channels_last" if transposed else self.data_format,
-        )
-        if transposed:
-            outputs = ops.transpose(outputs, _TO_CHANNELS_FIRST)
+
+        def convolve(x, data_format):
+            return ops.conv_transpose(
+                x, self.kernel, strides=list(self.strides), padding=self.padding,
+                output_padding=self.output_padding, dilation_rate=self.dilation_rate, data_format=data_format,
+            )
+
+        outputs = _convolve(convolve, inputs, self.data_format)
         return _add_bias_first(self, outputs)
